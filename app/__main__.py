@@ -1,0 +1,61 @@
+"""Run the service with uvicorn, configured from Settings (IMGSIM_* variables) or flags.
+
+    python -m app                              # IMGSIM_HOST / IMGSIM_PORT / IMGSIM_WORKERS
+    python -m app --host 0.0.0.0 --port 8000 --workers 2
+
+SIGTERM shuts down gracefully: uvicorn stops accepting, in-flight requests finish, the lifespan
+marks the service not ready and drains the batchers, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+from app.observability import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--workers", type=int, default=settings.workers)
+    args = parser.parse_args(argv)
+
+    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; without a handler of ours
+    # that would kill the process with status -15 after a perfectly clean shutdown.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    options = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,  # keep our JSON logging
+        "access_log": False,  # app.observability writes one access line per request
+        # In-flight requests get their own deadline plus a margin, then are cancelled.
+        "timeout_graceful_shutdown": math.ceil(settings.request_timeout_s) + 5,
+    }
+    try:
+        if args.workers > 1:
+            # Each worker process builds its own app (and loads every model) from IMGSIM_*.
+            uvicorn.run("app.main:create_app", factory=True, workers=args.workers, **options)
+        else:
+            uvicorn.run(create_app(settings), **options)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""HTTP routes, one router per resource; shared dependencies live in deps.py."""

@@ -1,0 +1,34 @@
+"""GET /models: what each loaded model expects and how it was calibrated, and which failed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import RegistryDep
+from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
+
+router = APIRouter(tags=["models"])
+
+
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    summary="Loaded models with their cards, and the ones refused",
+    responses=errors(401, 403, 503),
+)
+async def list_models(registry: RegistryDep) -> ModelsResponse:
+    infos = [
+        ModelInfo(
+            name=name,
+            default=name == registry.default,
+            **served.card.model_dump(
+                include={
+                    "version", "dataset", "classes", "input", "embedding_dim", "distance",
+                    "threshold", "calibration", "metrics", "created_at", "torch_version",
+                }
+            ),
+        )  # fmt: skip
+        for name, served in registry.models.items()
+    ]
+    failed = [FailedModel(name=name, error=error) for name, error in registry.failed.items()]
+    return ModelsResponse(default=registry.default, models=infos, failed=failed)

@@ -1,0 +1,239 @@
+"""Dynamic micro-batching: concurrent requests for one model share one forward pass.
+
+    batcher = Batcher(module, name="mnist"); batcher.start()
+    emb = await batcher.embed(x)             # x: uint8 (C, H, W) -> float32 (D,)
+    await batcher.stop()                     # finishes what is queued, then joins the thread
+
+One worker thread per model owns the module: it takes whatever is queued (up to max_batch_size)
+and runs it at once. A lone request never waits for company; the worker only lingers up to
+max_wait_ms for more when the previous batch was full, i.e. when requests are piling up. Callers
+may live on any event loop (uvicorn's, a test client's): results are handed back with
+``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from app.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> float32 (N, D)
+
+
+class Overloaded(RuntimeError):
+    """The model cannot take this work now; the client should retry later (HTTP 503)."""
+
+    reason = "overloaded"
+
+
+class QueueFull(Overloaded):
+    reason = "queue_full"
+
+
+class DeadlineExceeded(Overloaded):
+    reason = "deadline"
+
+
+class ShuttingDown(Overloaded):
+    reason = "shutting_down"
+
+
+@dataclass(eq=False)
+class _Item:
+    x: torch.Tensor  # (C, H, W) uint8
+    future: asyncio.Future[torch.Tensor]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float  # time.monotonic()
+    deadline: float  # time.monotonic()
+    abandoned: bool = field(default=False)  # set by the caller on timeout/cancel: skip the work
+
+
+class Batcher:
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        name: str = "model",
+        max_batch_size: int = 32,
+        max_wait_ms: float = 2.0,
+        queue_max: int = 256,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.forward = forward
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
+        self.queue_max = queue_max
+        self.metrics = metrics
+        self._items: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # --- caller side (event loop) ---
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
+        self._thread.start()
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Refuse new work, finish what is queued, join the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout_s)
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    async def embed(self, x: torch.Tensor, deadline: float | None = None) -> torch.Tensor:
+        """One image (C, H, W) uint8 -> its embedding (D,); ``deadline`` is a time.monotonic()."""
+        return (await self.embed_many([x], deadline))[0]
+
+    async def embed_many(
+        self, xs: Sequence[torch.Tensor], deadline: float | None = None
+    ) -> list[torch.Tensor]:
+        """Several images in order; all are queued at once or none is (QueueFull)."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = now + 3600 if deadline is None else deadline
+        items = [_Item(x, loop.create_future(), loop, now, deadline) for x in xs]
+        with self._cond:
+            if self._closing:
+                self._count_rejected(ShuttingDown.reason)
+                raise ShuttingDown(f"model '{self.name}' is shutting down")
+            if len(self._items) + len(items) > self.queue_max:
+                self._count_rejected(QueueFull.reason)
+                raise QueueFull(
+                    f"model '{self.name}' has {len(self._items)} images queued "
+                    f"(limit {self.queue_max}); retry later"
+                )
+            self._items.extend(items)
+            self._cond.notify()
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+                return list(await asyncio.gather(*(item.future for item in items)))
+        except (TimeoutError, DeadlineExceeded):
+            self._count_rejected(DeadlineExceeded.reason)
+            raise DeadlineExceeded(
+                f"model '{self.name}' did not answer in time; retry later"
+            ) from None
+        finally:
+            for item in items:  # timed out, cancelled or a batch-mate failed: drop the rest
+                if not item.future.done():
+                    item.abandoned = True
+                    item.future.cancel()
+
+    def _count_rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(self.name, reason).inc()
+
+    # --- worker side (one thread) ---
+
+    def _run(self) -> None:
+        last_was_full = False
+        while True:
+            with self._cond:
+                while not self._items and not self._closing:
+                    self._cond.wait()
+                if not self._items:  # closing and drained
+                    return
+                batch = self._take(self.max_batch_size)
+                if last_was_full and self.max_wait_s > 0:
+                    until = time.monotonic() + self.max_wait_s
+                    while len(batch) < self.max_batch_size and not self._closing:
+                        remaining = until - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        if not self._items:
+                            self._cond.wait(remaining)
+                        batch += self._take(self.max_batch_size - len(batch))
+            last_was_full = len(batch) >= self.max_batch_size
+            try:
+                self._process(batch)
+            except Exception:  # a bug here must not kill the worker and hang every caller
+                logger.exception("batcher %s: unexpected error", self.name)
+                for item in batch:
+                    _resolve(item, RuntimeError("internal error in the batcher"))
+
+    def _take(self, n: int) -> list[_Item]:
+        taken: list[_Item] = []
+        while self._items and len(taken) < n:
+            taken.append(self._items.popleft())
+        return taken
+
+    def _process(self, batch: list[_Item]) -> None:
+        now = time.monotonic()
+        live: list[_Item] = []
+        for item in batch:
+            if item.abandoned:
+                continue
+            if now > item.deadline:
+                _resolve(item, DeadlineExceeded(f"model '{self.name}' did not answer in time"))
+                continue
+            live.append(item)
+        if not live:
+            return
+        if self.metrics is not None:
+            wait = self.metrics.queue_wait_seconds.labels(self.name)
+            for item in live:
+                wait.observe(now - item.enqueued)
+
+        started = time.perf_counter()
+        results: list[torch.Tensor | Exception]
+        try:
+            out = self._forward(torch.stack([item.x for item in live]))  # (B, D)
+            # clone each row: a cached embedding must not keep its whole batch alive
+            results = [row.clone() for row in out]
+        except Exception:
+            # One bad item must not fail its batch-mates: retry them one by one.
+            logger.warning(
+                "batcher %s: batched forward of %d failed; retrying one by one",
+                self.name, len(live), exc_info=True,
+            )  # fmt: skip
+            results = []
+            for item in live:
+                try:
+                    results.append(self._forward(item.x.unsqueeze(0))[0])
+                except Exception as e:
+                    logger.error("batcher %s: forward failed", self.name, exc_info=True)
+                    results.append(e)
+        if self.metrics is not None:
+            self.metrics.inference_seconds.labels(self.name).observe(time.perf_counter() - started)
+            self.metrics.batch_size.labels(self.name).observe(len(live))
+        for item, result in zip(live, results, strict=True):
+            _resolve(item, result)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.forward(x)
+        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise RuntimeError(f"model returned {tuple(out.shape)} for a batch of {x.shape[0]}")
+        return out.float()
+
+
+def _resolve(item: _Item, result: torch.Tensor | BaseException) -> None:
+    def settle() -> None:
+        if item.future.done():  # the caller gave up meanwhile
+            return
+        if isinstance(result, BaseException):
+            item.future.set_exception(result)
+        else:
+            item.future.set_result(result)
+
+    try:
+        item.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the caller's loop is closed: nobody is waiting
+        pass

@@ -1,0 +1,76 @@
+"""Service configuration: one ``Settings``, read from ``IMGSIM_*`` environment variables.
+
+    IMGSIM_MODEL_STORE=model_store IMGSIM_API_KEYS=/run/secrets/imgsim_keys python -m app
+
+``create_app(settings)`` takes it as an argument, so tests build their own ``Settings(...)``
+instead of touching the environment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMGSIM_", extra="ignore")
+
+    # Models
+    model_store: Path = Path("model_store")  # holds <name>/{model.pt, model.json}
+    default_model: str | None = None  # used when a request names none; None: "mnist", else first
+
+    # Request limits
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # per image part
+    max_image_pixels: int = Field(40_000_000, gt=0)  # width*height, read from the header
+    max_parts: int = Field(70, gt=0)  # multipart files per request (and text fields, separately)
+    max_candidates: int = Field(64, gt=0)  # /similarity/one-to-many candidates
+    max_matrix_images: int = Field(64, ge=2)  # /similarity/matrix images
+
+    # Micro-batching, per model
+    batch_max_size: int = Field(32, gt=0)  # images per forward pass
+    batch_max_wait_ms: float = Field(2.0, ge=0)  # only waited for when the last batch was full
+    queue_max: int = Field(256, gt=0)  # images waiting; beyond it 503 + Retry-After
+    request_timeout_s: float = Field(10.0, gt=0)  # decode + queue + inference; then 503
+
+    # Threads. Measured: torch's default (one intra-op thread per core) fights the uvicorn worker
+    # and the load generator for the 2 cores of the target machine and collapses throughput;
+    # one thread per forward pass, and more workers for more cores, is faster.
+    torch_threads: int = Field(1, gt=0)
+    decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
+    cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
+
+    # Security
+    api_keys: SecretStr = SecretStr("")  # "k1,k2" or a file with one key per line; "" = no auth
+    cors_origins: Annotated[list[str], NoDecode] = []  # "https://a,https://b"; [] = CORS off
+
+    # Process (used by `python -m app`)
+    log_json: bool = True  # one JSON object per log line
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"  # containers: IMGSIM_HOST=0.0.0.0
+    port: int = Field(8000, gt=0, lt=65536)
+    workers: int = Field(1, gt=0)  # uvicorn processes; each loads every model
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    def api_key_set(self) -> frozenset[str]:
+        """The accepted API keys: read from the file ``api_keys`` names, else split on commas."""
+        raw = self.api_keys.get_secret_value().strip()
+        if not raw:
+            return frozenset()
+        path = Path(raw)
+        if "," not in raw and path.is_file():
+            lines = path.read_text().splitlines()
+            return frozenset(k.strip() for k in lines if k.strip() and not k.startswith("#"))
+        return frozenset(k.strip() for k in raw.split(",") if k.strip())

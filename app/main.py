@@ -1,0 +1,172 @@
+"""The imgsim HTTP service.
+
+    python -m app                                         # see app/__main__.py
+    uvicorn app.main:create_app --factory --port 8000     # the same, by hand
+
+``create_app(settings)`` builds the app; the lifespan loads every model from the store, starts
+one batcher per model and warms each up with a forward pass before /readyz turns 200. On
+shutdown readiness turns 503 first, then the batchers finish what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app import __version__
+from app.api import embed, health, metrics, models, similarity, verify
+from app.api.deps import RETRY_AFTER_S
+from app.batching import Batcher, Overloaded
+from app.cache import EmbeddingCache
+from app.config import Settings
+from app.embedding import Embedder
+from app.metrics import Metrics, instrument
+from app.observability import RequestContextMiddleware, configure_logging
+from app.registry import Registry, ServedModel
+from app.security import APIKeyMiddleware, add_cors, api_key_scheme
+
+logger = logging.getLogger(__name__)
+
+WARM_UP_TIMEOUT_S = 120.0
+
+DESCRIPTION = """
+Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
+TIFF); every answer names the model and its version.
+
+* `POST /similarity`: distance and calibrated P(same) of two images
+* `POST /verify`: same or not, at the model's calibrated threshold or yours
+* `POST /similarity/one-to-many`: rank candidates against a query
+* `POST /similarity/matrix`: all pairwise distances
+* `POST /embed`: the embedding itself
+* `GET /models`: what each model expects, its threshold and calibration
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    app_metrics = Metrics()
+    api_keys = settings.api_key_set()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        state.phase = "starting"
+        torch.set_num_threads(settings.torch_threads)
+        # Fail at boot, not on the first request; a broken model is refused, the rest serve.
+        registry = await asyncio.to_thread(
+            Registry.load, settings.model_store, settings.default_model
+        )
+        state.registry = registry
+        state.embedder = Embedder(
+            settings, EmbeddingCache(settings.cache_entries, app_metrics), app_metrics
+        )
+        for served in list(registry.models.values()):
+            await _start_and_warm_up(served, registry, settings, app_metrics)
+        state.phase = "ready"
+        logger.info(
+            "ready: serving %s (default %s); refused %s",
+            registry.available(), registry.default, sorted(registry.failed) or "none",
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            state.phase = "stopping"  # /readyz answers 503 from here on
+            for served in registry.models.values():
+                if served.batcher is not None:
+                    await served.batcher.stop()
+            state.embedder.close()
+            logger.info("stopped")
+
+    app = FastAPI(
+        title="imgsim",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = app_metrics
+    app.state.phase = "starting"
+
+    protected = [Security(api_key_scheme)] if api_keys else []
+    app.include_router(health.router)
+    for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
+        app.include_router(router, dependencies=protected)
+
+    _add_error_handlers(app)
+
+    # add_middleware wraps: the last added runs first. Request id and access log outermost, so
+    # even a 401 or a CORS refusal is logged with its id.
+    if api_keys:
+        app.add_middleware(APIKeyMiddleware, keys=api_keys)
+    instrument(app, app_metrics)
+    add_cors(app, settings)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+async def _start_and_warm_up(
+    served: ServedModel, registry: Registry, settings: Settings, metrics: Metrics
+) -> None:
+    batcher = Batcher(
+        served.module,
+        name=served.name,
+        max_batch_size=settings.batch_max_size,
+        max_wait_ms=settings.batch_max_wait_ms,
+        queue_max=settings.queue_max,
+        metrics=metrics,
+    )
+    batcher.start()
+    served.batcher = batcher
+    card = served.card
+    blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
+    try:
+        deadline = time.monotonic() + WARM_UP_TIMEOUT_S
+        for _ in range(2):  # TorchScript optimises on the first calls; pay for it now
+            emb = await batcher.embed(blank, deadline)
+        if tuple(emb.shape) != (card.embedding_dim,):
+            raise ValueError(f"returns shape {tuple(emb.shape)}, card says ({card.embedding_dim},)")
+    except Exception as e:
+        logger.error("refusing model %s: warm-up forward pass failed: %s", served.name, e)
+        registry.refuse(served.name, f"warm-up forward pass failed: {e}"[:300])
+        await batcher.stop()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape ({"detail": [{loc, msg, type}]}) minus "input", which could echo an
+        # uploaded file or a secret back.
+        detail = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type")}
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S}
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", None)
+        logger.error(
+            "unhandled %s on %s %s",
+            type(exc).__name__, request.method, request.url.path,
+            exc_info=exc, extra={"request_id": request_id},
+        )  # fmt: skip
+        return JSONResponse(
+            {"detail": "internal error", "request_id": request_id},
+            status_code=500,
+            headers={"X-Request-ID": request_id} if request_id else None,
+        )

@@ -1,0 +1,63 @@
+"""Prometheus metrics: HTTP requests by route template and status, plus the serving pipeline.
+
+Each app gets its own CollectorRegistry, so ``create_app`` can run many times in one process
+(tests) without "Duplicated timeseries" errors from the global default registry.
+
+With ``workers > 1`` every worker process keeps and reports its own counts; scrape each worker,
+or run one worker per container.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_fastapi_instrumentator import Instrumentator
+
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.read_seconds = Histogram(
+            "imgsim_upload_read_seconds", "Reading one uploaded image part", buckets=_SECONDS,
+            registry=r,
+        )  # fmt: skip
+        self.decode_seconds = Histogram(
+            "imgsim_decode_seconds", "Decoding and resizing one image", ["model"],
+            buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.queue_wait_seconds = Histogram(
+            "imgsim_queue_wait_seconds", "From enqueue to the start of its forward pass", ["model"],
+            buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.inference_seconds = Histogram(
+            "imgsim_inference_seconds", "One batched forward pass", ["model"],
+            buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "imgsim_batch_size", "Images per forward pass", ["model"], buckets=_BATCH, registry=r
+        )
+        self.cache_hits = Counter(
+            "imgsim_cache_hits", "Embeddings served from the cache", ["model"], registry=r
+        )
+        self.cache_misses = Counter(
+            "imgsim_cache_misses", "Embeddings computed", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            "imgsim_rejected",
+            "Requests refused for capacity: queue_full, deadline, shutting_down",
+            ["model", "reason"],
+            registry=r,
+        )
+
+
+def instrument(app: FastAPI, metrics: Metrics) -> None:
+    """Count requests and latency by route template (not raw path) and exact status code."""
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["/metrics"],
+        registry=metrics.registry,
+    ).instrument(app)

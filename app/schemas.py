@@ -1,0 +1,194 @@
+"""Response bodies, named after their endpoints, with examples for /docs.
+
+Requests are multipart forms, declared in the routes with ``File``/``Form`` parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.artifact import Calibration, InputSpec
+
+_VERSION = "3f2a9c1b7d4e"
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="What to fix: a sentence, or FastAPI's list of invalid fields (422)"
+    )
+    request_id: str | None = Field(None, description="Present on 500s; quote it in bug reports")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "unknown model 'x'; available: mnist"}]}
+    )
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error statuses a route can answer with."""
+    why = {
+        400: "An upload is not a decodable image (PNG, JPEG, GIF, WebP, BMP, TIFF)",
+        401: "API keys are configured and X-API-Key is missing",
+        403: "X-API-Key is not one of the configured keys",
+        404: "No model by that name",
+        413: "An upload is over max_upload_bytes, or an image over max_image_pixels",
+        422: "A field is missing or invalid",
+        503: "Not ready, overloaded or timed out: retry after Retry-After seconds",
+    }
+    return {code: {"model": ErrorResponse, "description": why[code]} for code in codes}
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+    models: dict[str, str] = Field(
+        description='Each model found in the store: "up", or why it was refused'
+    )
+    detail: str | None = Field(None, description="Why the service is not ready")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ready", "models": {"mnist": "up", "cifar10": "sha256 … does not match"}}
+            ]
+        }
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="What to pass as the `model` form field")
+    default: bool = Field(description="Used when a request names no model")
+    version: str = Field(description="First 12 hex digits of sha256(model.pt)")
+    dataset: str
+    classes: list[str]
+    input: InputSpec = Field(description="Images are converted and resized to this")
+    embedding_dim: int
+    distance: Literal["euclidean"]
+    threshold: float = Field(description="Calibrated distance at or below which a pair is same")
+    calibration: Calibration = Field(description="Maps a distance to P(same)")
+    metrics: dict[str, Any] = Field(description="Validation results recorded at export")
+    created_at: str
+    torch_version: str
+
+
+class FailedModel(BaseModel):
+    name: str
+    error: str
+
+
+class ModelsResponse(BaseModel):
+    default: str | None
+    models: list[ModelInfo]
+    failed: list[FailedModel] = Field(description="Models in the store that were refused")
+
+
+class ModelAnswer(BaseModel):
+    model: str = Field(description="The model that answered")
+    model_version: str = Field(description="Its version (sha256 prefix of model.pt)")
+
+
+class EmbedResponse(ModelAnswer):
+    dim: int
+    embedding: list[float] = Field(description="The image's embedding, `dim` floats")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "mnist", "model_version": _VERSION, "dim": 3, "embedding": [0.6, 0, 0.8]}
+            ]
+        }
+    )
+
+
+class SimilarityResponse(ModelAnswer):
+    distance: float = Field(ge=0, description="Euclidean distance between the two embeddings")
+    similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
+    threshold: float = Field(description="The model's calibrated threshold, for reference")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "mnist",
+                    "model_version": _VERSION,
+                    "distance": 0.41,
+                    "similarity": 0.93,
+                    "threshold": 0.8,
+                }
+            ]
+        }
+    )
+
+
+class VerifyResponse(ModelAnswer):
+    same: bool = Field(description="distance <= threshold")
+    distance: float = Field(ge=0)
+    threshold: float = Field(description="The threshold applied: the request's or the model's")
+    similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "mnist",
+                    "model_version": _VERSION,
+                    "same": True,
+                    "distance": 0.41,
+                    "threshold": 0.8,
+                    "similarity": 0.93,
+                }
+            ]
+        }
+    )
+
+
+class CandidateMatch(BaseModel):
+    index: int = Field(ge=0, description="Position of the candidate in the request")
+    distance: float = Field(ge=0)
+    similarity: float = Field(ge=0, le=1)
+    same: bool
+
+
+class CandidateError(BaseModel):
+    index: int = Field(ge=0, description="Position of the candidate in the request")
+    error: str = Field(description="Why this candidate could not be compared")
+
+
+class OneToManyResponse(ModelAnswer):
+    threshold: float = Field(description="The threshold applied to every candidate")
+    results: list[CandidateMatch | CandidateError] = Field(
+        description="Matches by ascending distance, then the candidates that failed, by index"
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "mnist",
+                    "model_version": _VERSION,
+                    "threshold": 0.8,
+                    "results": [
+                        {"index": 1, "distance": 0.2, "similarity": 0.98, "same": True},
+                        {"index": 0, "distance": 1.3, "similarity": 0.04, "same": False},
+                        {"index": 2, "error": "not a decodable image (PNG, JPEG, ...)"},
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class MatrixResponse(ModelAnswer):
+    distances: list[list[float]] = Field(description="N x N euclidean distances, zero diagonal")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "mnist", "model_version": _VERSION, "distances": [[0, 0.7], [0.7, 0]]}
+            ]
+        }
+    )

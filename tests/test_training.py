@@ -1,0 +1,159 @@
+"""The trainer on committed fixture images: losses learn, export round-trips, evaluate runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from app import artifact
+from training.config import PRESETS, parse_args
+from training.data import DataError, augment, load_dataset
+from training.losses import LOSSES, LossSpec, build_loss
+from training.nets import build_tower
+from training.train import TrainModel, main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MNIST_SMALL = FIXTURES / "mnist_small"
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_mnist():
+    return load_dataset(f"folder:{MNIST_SMALL}", Path("."), channels=1, image_size=28, cache_dir=None, seed=0)
+
+
+def test_folder_dataset_split_is_stratified_and_disjoint(small_mnist):
+    b = small_mnist
+    assert b.classes == [str(i) for i in range(10)]
+    assert b.shape == (1, 28, 28) and b.train.images.dtype == torch.uint8
+    assert len(b.train) + len(b.val) + len(b.test) == 300
+    for split in (b.train, b.val, b.test):
+        assert set(split.labels.tolist()) == set(range(10))  # every class in every split
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="class sub-folders"):
+        load_dataset(f"folder:{tmp_path}", tmp_path, cache_dir=None)
+    with pytest.raises(DataError, match="choose one of"):
+        load_dataset("imagenet", tmp_path)
+    with pytest.raises(DataError, match="MNIST not found"):
+        load_dataset("mnist", tmp_path, download=False)
+
+
+def test_train_cli_exits_2_with_message_when_data_missing(tmp_path, caplog):
+    assert main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--download", "false", "--out", str(tmp_path / "m")]) == 2
+    assert "MNIST not found" in caplog.text
+
+
+def test_exclude_classes_removes_them_from_train_and_val_only(small_mnist):
+    b = load_dataset(f"folder:{MNIST_SMALL}", Path("."), channels=1, cache_dir=None, exclude_classes=["5", "7"])
+    assert not torch.isin(b.train.labels, torch.tensor([5, 7])).any()
+    assert not torch.isin(b.val.labels, torch.tensor([5, 7])).any()
+    assert torch.isin(b.test.labels, torch.tensor([5, 7])).any()
+
+
+def test_augment_shifts_and_flips_without_changing_content_amount():
+    x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
+    x[:, :, 3:5, 3:5] = 255
+    g = torch.Generator().manual_seed(0)
+    y = augment(x, translate=2, flip=True, generator=g)
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert (y.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3))).all()  # a 2x2 blob shifted by <=2 stays inside
+    assert (y != x).any(dim=(1, 2, 3)).sum() > 32  # most images moved
+
+
+@pytest.mark.parametrize("loss_name", LOSSES)
+def test_every_loss_lowers_its_loss_in_a_few_steps(loss_name, small_mnist):
+    torch.manual_seed(0)
+    normalize = True
+    tower = build_tower("convnet", channels=1, height=28, width=28, embedding_dim=16, widths=[8, 16],
+                        mean=[0.13], std=[0.3], normalize=normalize, flip_tta=False)
+    margin = {"contrastive": 1.0, "triplet-batch-hard": 0.2, "triplet-semi-hard": 0.2, "arcface": 20.0}.get(loss_name, 0.3)
+    loss = build_loss(LossSpec(loss_name, margin, 16.0, 0.1, normalize), num_classes=10, embedding_dim=16)
+    model = TrainModel(tower, loss)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x, y = small_mnist.train.images[:120], small_mnist.train.labels[:120]
+    model.train()
+    first = model(x, y).item()
+    for _ in range(25):
+        value = model(x, y)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert model(x, y).item() < first * 0.9, f"{loss_name}: {first} -> {value.item()}"
+
+
+def test_presets_and_flags(tmp_path):
+    cfg = parse_args(["--preset", "seed-mnist", "--epochs", "2", "--out", str(tmp_path / "x")])
+    assert cfg.arch == "seed" and cfg.embedding_dim == 2 and cfg.loss == "contrastive" and cfg.margin == 5.0
+    assert cfg.epochs == 2  # the flag wins over the preset
+    assert cfg.name == "x"
+    cfg = parse_args(["--dataset", "cifar10"])
+    assert cfg.widths == PRESETS["cifar10"]["widths"] and cfg.flip_tta is True
+    with pytest.raises(SystemExit):
+        parse_args(["--loss", "nonsense"])
+
+
+def _train_small(tmp_path: Path, *extra: str) -> Path:
+    out = tmp_path / "model"
+    code = main([
+        "--dataset", f"folder:{MNIST_SMALL}", "--channels", "1", "--image-size", "28", "--out", str(out),
+        "--run-dir", str(tmp_path / "run"), "--widths", "8", "16", "--embedding-dim", "16",
+        "--batch-size", "64", "--epochs", "3", "--lr", "0.05", "--plots", "false", "--threads", "1", *extra,
+    ])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_short_training_run_exports_a_model_the_service_loads(tmp_path):
+    out = _train_small(tmp_path, "--plots", "true")
+    art = artifact.load(out)
+    card = art.card
+    assert card.input.channels == 1 and card.embedding_dim == 16 and card.threshold > 0
+    assert card.training["epochs"] == 3 and card.training["dataset"].startswith("folder:")
+    assert {"roc_auc", "eer", "accuracy", "tar_at_far_1e-3", "precision_at_1", "map_at_r"} <= set(card.metrics["test"])
+    assert card.metrics["test"]["roc_auc"] > 0.6  # 3 epochs on 200 images: well above chance
+    for png in ("roc.png", "distances.png", "pairs.png", "embeddings.png", "training.png"):
+        assert (out / png).stat().st_size > 1000
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 3 and "optimizer" in ckpt and "scheduler" in ckpt
+
+    # --resume from the epoch-3 checkpoint with more epochs continues rather than restarting
+    out2 = _train_small(tmp_path, "--epochs", "4", "--resume", "--out", str(tmp_path / "model2"))
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert artifact.load(out2).card.training["resume"] is True
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reports_seen_and_unseen(tmp_path, capsys):
+    out = _train_small(tmp_path, "--exclude-classes", "8", "9")
+    from training.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(out), "--json", str(tmp_path / "m.json")]) == 0
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["model_version"] == artifact.read_card(out).version
+    assert {"test", "test_seen", "test_unseen"} <= set(got)
+    assert got["test_unseen"]["pairs"] < got["test"]["pairs"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_agree_on_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+        "-m", "training.train", "--dataset", f"folder:{MNIST_SMALL}", "--channels", "1", "--image-size", "28",
+        "--out", str(tmp_path / "model"), "--run-dir", str(tmp_path / "run"), "--widths", "8", "16",
+        "--embedding-dim", "16", "--batch-size", "32", "--epochs", "1", "--plots", "false", "--threads", "1",
+    ]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=240, capture_output=True)
+    digests = [(tmp_path / "run" / f"weights-rank{r}.sha256").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert artifact.load(tmp_path / "model").card.training["batch_size"] == 32

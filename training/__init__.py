@@ -1,0 +1,1 @@
+"""imgsim training: metric-learning trainer that exports towers per app/artifact.py."""

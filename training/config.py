@@ -1,0 +1,140 @@
+"""TrainConfig: every knob of a training run, a comment each, written whole into model.json.
+
+Presets fill the fields; flags given on the command line win over the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.losses import LOSSES
+from training.nets import ARCHS
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist"  # mnist | fashion-mnist | cifar10 | folder:PATH
+    data_dir: Path = Path("../shared/data")  # where the data sets are (or get downloaded to)
+    out: Path = Path("model_store/mnist")  # exported model directory (model.pt, model.json, plots)
+    name: str = ""  # model name in the service; default: the out folder's name
+    preset: str = ""  # one of PRESETS; fills the fields below
+    download: bool = True  # fetch torchvision data sets when absent and the network allows
+    # data
+    val_fraction: float = 0.1  # of the training images, held out for calibration and selection
+    channels: int = 3  # folder data sets only: 1 = greyscale, 3 = RGB
+    image_size: int = 0  # folder data sets only: resize to this square size (0 = keep)
+    exclude_classes: list[str] = field(default_factory=list)  # held out entirely (unseen classes)
+    max_train_images: int = 0  # cap for quick runs (0 = all)
+    # model
+    arch: str = "convnet"  # seed | convnet
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # convnet group widths
+    embedding_dim: int = 64  # D of the exported embedding
+    normalize: bool = True  # L2-normalise embeddings (distance^2 = 2 - 2 cos)
+    flip_tta: bool = False  # exported module averages the image and its mirror
+    # objective
+    loss: str = "cosface"  # one of training.losses.LOSSES
+    margin: float = 0.35  # contrastive/triplet: distance margin; cosface: cosine margin; arcface: deg
+    scale: float = 30.0  # cosface/arcface logit scale
+    temperature: float = 0.1  # supcon
+    m_per_class: int = 0  # >0: batches hold m images of each sampled class (PML MPerClassSampler)
+    # optimisation
+    epochs: int = 4
+    batch_size: int = 256
+    optimizer: str = "sgd"  # sgd (nesterov) | adamw
+    lr: float = 0.1  # peak learning rate (linear warm-up, then linear decay to 0)
+    warmup: float = 0.15  # fraction of steps spent warming up
+    weight_decay: float = 5e-4
+    translate: int = 2  # random shift augmentation, pixels
+    flip: bool = False  # random horizontal flips
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    run_dir: Path = Path("")  # checkpoint and history; default runs/<name>
+    resume: bool = False  # continue from run_dir/checkpoint.pt
+    plots: bool = True  # draw plots beside the model after export
+    eval_every: int = 1  # epochs between validation passes
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The classic Siamese recipe (2-D embedding, contrastive margin 5, plain conv stack), as the
+    # seed tutorials train it: the reference the shipped models are measured against.
+    "seed-mnist": dict(
+        dataset="mnist", arch="seed", embedding_dim=2, normalize=False, loss="contrastive", margin=5.0,
+        optimizer="adamw", lr=5e-4, warmup=0.0, weight_decay=0.0, epochs=10, batch_size=128,
+        translate=0, m_per_class=0,
+    ),
+    "seed-cifar": dict(
+        dataset="cifar10", arch="seed", embedding_dim=2, normalize=False, loss="contrastive", margin=5.0,
+        optimizer="adamw", lr=5e-4, warmup=0.0, weight_decay=0.0, epochs=5, batch_size=128,
+        translate=0, m_per_class=0,
+    ),
+    # Shipped recipes: additive-margin softmax on L2-normalised embeddings (see README table).
+    "mnist": dict(
+        dataset="mnist", arch="convnet", widths=[32, 64, 128], embedding_dim=64, loss="cosface",
+        margin=0.35, scale=30.0, epochs=4, batch_size=256, lr=0.05, translate=2,
+    ),
+    "cifar10": dict(
+        dataset="cifar10", arch="convnet", widths=[64, 256, 256], embedding_dim=128, loss="cosface",
+        margin=0.25, scale=30.0, epochs=12, batch_size=256, lr=0.05, translate=2, flip=True,
+        flip_tta=True,
+    ),
+}
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if s.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def parse_args(argv: list[str] | None = None, description: str = "") -> TrainConfig:
+    """``--flag value`` for every field; presets first, then explicit flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m training.train", description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        t = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"(default: {getattr(defaults, f.name)})")
+        if t is bool:
+            kw.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif typing.get_origin(t) is list:
+            (inner,) = typing.get_args(t)
+            kw.update(type=inner, nargs="*")
+        elif isinstance(t, types.UnionType):
+            kw.update(type=str)
+        else:
+            kw.update(type=t)
+        if f.name == "preset":
+            kw.update(choices=sorted(PRESETS))
+        if f.name == "loss":
+            kw.update(choices=LOSSES)
+        if f.name == "arch":
+            kw.update(choices=ARCHS)
+        p.add_argument(flag, **kw)
+    given = vars(p.parse_args(argv))
+    preset = given.get("preset", "")
+    if not preset and given.get("dataset", "mnist") in PRESETS and "loss" not in given and "arch" not in given:
+        preset = given.get("dataset", "mnist")  # the shipped recipe for a known data set
+    values = {**PRESETS.get(preset, {}), **given, "preset": preset}
+    cfg = TrainConfig(**values)
+    if not cfg.name:
+        cfg.name = cfg.out.name
+    if cfg.run_dir == Path(""):
+        cfg.run_dir = Path("runs") / cfg.name
+    return cfg

@@ -1,0 +1,249 @@
+"""Data sets as uint8 tensors in memory: (N, C, H, W) images, (N,) int64 labels.
+
+Small image sets fit in RAM as uint8 (CIFAR-10 train is 150 MB), so every epoch augments whole
+batches on tensors instead of decoding files again (see airbench). JPEG folders are decoded once
+and cached under ``cache_dir`` (never next to the data: ../shared is read-only in CI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder:PATH")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(RuntimeError):
+    """The data set is missing or malformed; the message says where it was looked for."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class DataBundle:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split  # carved out of the training images: thresholds are calibrated here, never on test
+    test: Split
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[1:]
+        return int(c), int(h), int(w)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
+    """Indices (rest, held) with ``fraction`` of every class held out, reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    held, rest = [], []
+    for c in labels.unique(sorted=True).tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+        held.append(idx[:k])
+        rest.append(idx[k:])
+    return torch.cat(rest).sort().values, torch.cat(held).sort().values
+
+
+def _torchvision_split(cls_name: str, root: Path, train: bool, download: bool) -> Split:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    try:
+        ds = cls(root=str(root), train=train, download=False)
+    except RuntimeError:
+        if not download:
+            raise DataError(
+                f"{cls_name} not found under {root}/{cls_name}/raw and --no-download was given"
+            ) from None
+        try:
+            ds = cls(root=str(root), train=train, download=True)
+        except Exception as e:
+            raise DataError(
+                f"{cls_name} not found under {root}/{cls_name}/raw and the download failed ({e}); "
+                f"put the IDX files there or pass --data-dir"
+            ) from e
+    images = torch.as_tensor(np.asarray(ds.data)).to(torch.uint8)
+    return Split(images.unsqueeze(1).contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64))
+
+
+def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        if size is not None and im.size != size:
+            im = im.resize(size, Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """ImageFolder layout: ``root/<class>/<image>``; classes sorted by name."""
+    if not root.is_dir():
+        raise DataError(f"no such folder: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    items = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class folders")
+    return classes, items
+
+
+def load_folder(
+    root: Path, mode: str, size: tuple[int, int] | None, cache_dir: Path | None
+) -> tuple[list[str], Split]:
+    """Decode a class-folder tree once into uint8 tensors, cached by file list and mtimes."""
+    classes, items = list_class_folders(root)
+    key = hashlib.sha256(
+        repr((str(root.resolve()), mode, size, [(str(p), p.stat().st_mtime_ns) for p, _ in items]))
+        .encode()
+    ).hexdigest()[:16]
+    cache = cache_dir / f"{root.name}-{key}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        blob = torch.load(cache, weights_only=True)
+        return classes, Split(blob["images"], blob["labels"])
+    if size is None:  # all images must then share one size: take the first one's
+        with Image.open(items[0][0]) as im:
+            size = im.size
+    log.info("decoding %d images from %s", len(items), root)
+    with ThreadPoolExecutor() as pool:
+        arrays = list(pool.map(lambda it: _decode(it[0], mode, size), items, chunksize=256))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"images": images, "labels": labels}, cache)
+    return classes, Split(images, labels)
+
+
+def _cifar10(data_dir: Path, download: bool, cache_dir: Path | None) -> tuple[list[str], Split, Split]:
+    folders = data_dir / "cifar10"
+    if (folders / "train").is_dir() and (folders / "test").is_dir():
+        classes, train = load_folder(folders / "train", "RGB", (32, 32), cache_dir)
+        _, test = load_folder(folders / "test", "RGB", (32, 32), cache_dir)
+        return classes, train, test
+    import torchvision.datasets as tvd
+
+    try:
+        splits = [tvd.CIFAR10(str(data_dir), train=t, download=download) for t in (True, False)]
+    except Exception as e:
+        raise DataError(
+            f"CIFAR-10 not found under {folders}/{{train,test}}/<class>/ nor as the python "
+            f"batches in {data_dir} ({e})"
+        ) from e
+    out = [
+        Split(
+            torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+            torch.tensor(ds.targets, dtype=torch.int64),
+        )
+        for ds in splits
+    ]
+    return list(splits[0].classes), out[0], out[1]
+
+
+def load_dataset(
+    spec: str,
+    data_dir: Path,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    channels: int = 3,
+    image_size: int | None = None,
+    exclude_classes: list[str] | None = None,
+    cache_dir: Path | None = Path(".cache/imgsim"),
+    download: bool = True,
+) -> DataBundle:
+    """Load ``spec`` (mnist, fashion-mnist, cifar10 or folder:PATH) with a stratified val split.
+
+    ``exclude_classes`` are removed from train and val (never seen in training) but kept in test,
+    so evaluation can report seen and unseen classes separately.
+    """
+    data_dir = Path(data_dir)
+    if spec == "mnist":
+        classes = [str(i) for i in range(10)]
+        train = _torchvision_split("MNIST", data_dir, True, download)
+        test = _torchvision_split("MNIST", data_dir, False, download)
+    elif spec == "fashion-mnist":
+        train = _torchvision_split("FashionMNIST", data_dir, True, download)
+        test = _torchvision_split("FashionMNIST", data_dir, False, download)
+        import torchvision.datasets as tvd
+
+        classes = list(tvd.FashionMNIST.classes)
+    elif spec == "cifar10":
+        classes, train, test = _cifar10(data_dir, download, cache_dir)
+    elif spec.startswith("folder:"):
+        root = Path(spec.removeprefix("folder:"))
+        mode = "L" if channels == 1 else "RGB"
+        size = (image_size, image_size) if image_size else None
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            classes, train = load_folder(root / "train", mode, size, cache_dir)
+            test_classes, test = load_folder(root / "test", mode, size or train.images.shape[-1:-3:-1], cache_dir)
+            if test_classes != classes:
+                raise DataError(f"{root}: train and test have different class folders")
+        else:
+            classes, full = load_folder(root, mode, size, cache_dir)
+            rest, held = stratified_split(full.labels, test_fraction, seed + 1)
+            train, test = full.subset(rest), full.subset(held)
+    else:
+        raise DataError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASETS)}")
+
+    rest, held = stratified_split(train.labels, val_fraction, seed)
+    val, train = train.subset(held), train.subset(rest)
+    if exclude_classes:
+        unknown = sorted(set(exclude_classes) - set(classes))
+        if unknown:
+            raise DataError(f"--exclude-classes {unknown} not in classes {classes}")
+        drop = torch.tensor([classes.index(c) for c in exclude_classes])
+        train = train.subset(~torch.isin(train.labels, drop))
+        val = val.subset(~torch.isin(val.labels, drop))
+    return DataBundle(spec, classes, train, val, test)
+
+
+def augment(x: torch.Tensor, *, translate: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ``translate`` px (zero fill) and horizontal flips, per image.
+
+    (B, C, H, W) uint8 in, same out. Whole-batch ops grouped by shift: at most (2t+1)^2 groups.
+    """
+    b, _, h, w = x.shape
+    if flip:
+        mask = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    if translate > 0:
+        t = translate
+        padded = torch.nn.functional.pad(x, (t, t, t, t))
+        shifts = torch.randint(0, 2 * t + 1, (b, 2), generator=generator)
+        out = torch.empty_like(x)
+        codes = shifts[:, 0] * (2 * t + 1) + shifts[:, 1]
+        for code in codes.unique().tolist():
+            idx = (codes == code).nonzero().flatten()
+            dy, dx = divmod(code, 2 * t + 1)
+            out[idx] = padded[idx, :, dy : dy + h, dx : dx + w]
+        x = out
+    return x

@@ -1,0 +1,114 @@
+"""Evaluate an exported model on its data set's test images, exactly as the service would run it.
+
+    python -m training.evaluate model_store/mnist --data-dir ../shared/data
+    python -m training.evaluate model_store/cifar10 --data-dir ../shared/data --plots
+
+Pairs are fixed-seed balanced pairs (each test image once with a same-class partner, once with a
+different-class one), so numbers are comparable run to run and model to model. With classes held
+out in training (``--exclude-classes``), verification is also reported on pairs drawn only from
+the unseen classes, and only from the seen ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app import artifact
+from training.calibrate import balanced_pairs, pair_distances, verification_metrics
+from training.data import load_dataset
+
+PAIR_SEED = 1234  # fixed: every evaluation of every model sees the same test pairs
+
+
+@torch.inference_mode()
+def embed_all(module: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, D) float32, in eval mode, in batches."""
+    was_training = getattr(module, "training", False)
+    module.eval()
+    out = torch.cat([module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    if was_training:
+        module.train()
+    return out.float()
+
+
+def retrieval_metrics(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """precision@1 and MAP@R (Musgrave et al. 2020) with each test image as a query."""
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r"),
+        knn_func=CustomKNN(LpDistance(normalize_embeddings=False), batch_size=512),
+        device=torch.device("cpu"),
+    )
+    got = calc.get_accuracy(emb, labels, ref_includes_query=True)
+    return {"precision_at_1": float(got["precision_at_1"]), "map_at_r": float(got["mean_average_precision_at_r"])}
+
+
+def subset_metrics(emb: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
+    a, b, same = balanced_pairs(labels, seed=PAIR_SEED)
+    d = pair_distances(emb, a, b)
+    return verification_metrics(d, same.numpy(), threshold)
+
+
+def compute_metrics(
+    emb: torch.Tensor, labels: torch.Tensor, threshold: float, classes: list[str], excluded: list[str]
+) -> dict:
+    """Test metrics for a model card: all classes, plus seen/unseen when classes were held out."""
+    metrics = {"test": {**subset_metrics(emb, labels, threshold), **retrieval_metrics(emb, labels)}}
+    if excluded:
+        unseen = torch.isin(labels, torch.tensor([classes.index(c) for c in excluded]))
+        for key, mask in (("test_seen", ~unseen), ("test_unseen", unseen)):
+            if mask.sum() > 1 and len(labels[mask].unique()) > 1:
+                metrics[key] = subset_metrics(emb[mask], labels[mask], threshold)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--dataset", help="override the card's dataset (e.g. folder:PATH)")
+    p.add_argument("--threshold", type=float, help="override the card's threshold")
+    p.add_argument("--plots", action="store_true", help="(re)draw the plots beside the model")
+    p.add_argument("--json", type=Path, help="also write the metrics here")
+    args = p.parse_args(argv)
+
+    art = artifact.load(args.model_dir)
+    card = art.card
+    cfg = card.training
+    bundle = load_dataset(
+        args.dataset or card.dataset,
+        args.data_dir,
+        val_fraction=cfg.get("val_fraction", 0.1),
+        seed=cfg.get("seed", 0),
+        channels=card.input.channels,
+        image_size=card.input.height,
+        download=False,
+    )
+    threshold = args.threshold or card.threshold
+    emb = embed_all(art.module, bundle.test.images)
+    metrics = compute_metrics(emb, bundle.test.labels, threshold, bundle.classes, cfg.get("exclude_classes") or [])
+    metrics["threshold"] = threshold
+    metrics["model"] = card.name
+    metrics["model_version"] = card.version
+    if args.plots:
+        from training import plots
+
+        plots.evaluation_plots(args.model_dir, emb, bundle.test, threshold, bundle.classes, PAIR_SEED)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Loss + miner pairs from pytorch-metric-learning. Every loss takes embeddings (B, D), labels (B,).
+
+- contrastive: the classic Siamese loss over every pair in the batch (pos_margin 0, neg_margin m)
+- triplet-batch-hard / triplet-semi-hard: triplet margin loss on mined triplets
+- multi-similarity: MS loss with its miner (Wang et al. 2019)
+- supcon: supervised contrastive (Khosla et al. 2020)
+- cosface / arcface: additive-margin softmax on L2-normalised embeddings; they hold a class-centre
+  matrix of their own, so their parameters must be optimised with the tower's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pytorch_metric_learning import distances, losses, miners
+from torch import nn
+
+LOSSES = (
+    "contrastive",
+    "triplet-batch-hard",
+    "triplet-semi-hard",
+    "multi-similarity",
+    "supcon",
+    "cosface",
+    "arcface",
+)
+# Losses that learn per-class weights: the batch sampler need not put m images of a class together.
+CLASSIFIER_LOSSES = {"cosface", "arcface"}
+
+
+@dataclass
+class LossSpec:
+    name: str
+    margin: float  # contrastive/triplet margin in distance units; cosface cosine margin
+    scale: float  # softmax scale for cosface/arcface
+    temperature: float  # supcon
+    normalized: bool  # whether the tower L2-normalises (distances then live in [0, 2])
+
+
+class MetricLoss(nn.Module):
+    """loss(embeddings (B, D), labels (B,)) -> scalar, mining included."""
+
+    def __init__(self, loss: nn.Module, miner: nn.Module | None) -> None:
+        super().__init__()
+        self.loss = loss
+        self.miner = miner
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        tuples = self.miner(emb, labels) if self.miner is not None else None
+        return self.loss(emb, labels, tuples)
+
+
+def build_loss(spec: LossSpec, num_classes: int, embedding_dim: int) -> MetricLoss:
+    dist = distances.LpDistance(normalize_embeddings=spec.normalized)
+    name = spec.name
+    if name == "contrastive":
+        return MetricLoss(losses.ContrastiveLoss(pos_margin=0.0, neg_margin=spec.margin, distance=dist), None)
+    if name == "triplet-batch-hard":
+        return MetricLoss(
+            losses.TripletMarginLoss(margin=spec.margin, distance=dist), miners.BatchHardMiner(distance=dist)
+        )
+    if name == "triplet-semi-hard":
+        return MetricLoss(
+            losses.TripletMarginLoss(margin=spec.margin, distance=dist),
+            miners.TripletMarginMiner(margin=spec.margin, type_of_triplets="semihard", distance=dist),
+        )
+    if name == "multi-similarity":
+        return MetricLoss(losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(0.1))
+    if name == "supcon":
+        return MetricLoss(losses.SupConLoss(temperature=spec.temperature), None)
+    if name == "cosface":
+        return MetricLoss(losses.CosFaceLoss(num_classes, embedding_dim, margin=spec.margin, scale=spec.scale), None)
+    if name == "arcface":
+        # PML's ArcFace margin is in degrees.
+        return MetricLoss(
+            losses.ArcFaceLoss(num_classes, embedding_dim, margin=spec.margin, scale=spec.scale), None
+        )
+    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

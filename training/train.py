@@ -1,0 +1,288 @@
+"""Train an embedding tower with a metric-learning objective and export it to model_store/.
+
+    python -m training.train --dataset mnist --data-dir ../shared/data --out model_store/mnist
+    python -m training.train --dataset cifar10 --data-dir ../shared/data --out model_store/cifar10
+    python -m training.train --preset seed-mnist --out runs/seed-mnist/model   # the classic recipe
+    python -m training.train --dataset folder:/data/signatures --channels 1 --image-size 64 --out model_store/signatures
+    torchrun --nproc-per-node 2 -m training.train ...                         # DistributedDataParallel
+
+One loop, top to bottom: data as uint8 tensors in memory, whole-batch augmentation, a tower whose
+forward is the exported contract (uint8 in, embedding out), a loss from pytorch-metric-learning,
+validation AUC each epoch, a checkpoint each epoch (``--resume`` continues), then calibration on the
+validation split, test metrics, export (app/artifact.py) and plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from app import artifact
+from training.calibrate import balanced_pairs, calibrate, pair_distances, verification_metrics
+from training.config import TrainConfig, parse_args
+from training.data import DataBundle, Split, augment, load_dataset
+from training.evaluate import compute_metrics, embed_all
+from training.losses import CLASSIFIER_LOSSES, LossSpec, build_loss
+from training.nets import Tower, build_tower
+
+log = logging.getLogger("training")
+
+DATA_STATS = {  # per-channel mean/std of the training images, in [0, 1] units
+    "mnist": ([0.1307], [0.3081]),
+    "fashion-mnist": ([0.2860], [0.3530]),
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+}
+
+
+class TrainModel(nn.Module):
+    """Tower + loss in one module, so DistributedDataParallel syncs the loss's class centres too."""
+
+    def __init__(self, tower: Tower, loss: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.tower(x), y)
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def channel_stats(dataset: str, images: torch.Tensor) -> tuple[list[float], list[float]]:
+    if dataset in DATA_STATS:
+        return DATA_STATS[dataset]
+    x = images[:10_000].float() / 255  # (n, C, H, W)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+def epoch_batches(labels: torch.Tensor, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
+    """Index batches for one epoch, identical on every rank, each rank taking its own slice."""
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    n = len(labels)
+    if cfg.m_per_class > 0:
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # the sampler draws from the global generator
+        sampler = MPerClassSampler(labels, m=cfg.m_per_class, batch_size=cfg.batch_size, length_before_new_iter=n)
+        order = torch.tensor(list(iter(sampler)))
+    else:
+        order = torch.randperm(n, generator=g)
+    per_step = cfg.batch_size * world
+    steps = len(order) // per_step  # drop the ragged tail: BatchNorm and miners want full batches
+    return [order[s * per_step + rank * cfg.batch_size : s * per_step + (rank + 1) * cfg.batch_size] for s in range(steps)]
+
+
+def lr_lambda(total_steps: int, warmup: float):
+    warm = max(1, int(total_steps * warmup))
+
+    def f(step: int) -> float:  # triangle: 0 -> 1 over warm steps, then linearly to 0
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return f
+
+
+@torch.no_grad()
+def validate(tower: Tower, val: Split, device: torch.device) -> dict[str, float]:
+    emb = embed_all(tower, val.images.to(device)).cpu()
+    a, b, same = balanced_pairs(val.labels, seed=0)
+    d = pair_distances(emb, a, b)
+    threshold, _ = calibrate(d, same.numpy(), table_points=3)
+    m = verification_metrics(d, same.numpy(), threshold)
+    return {"val_auc": m["roc_auc"], "val_acc": m["accuracy"], "val_eer": m["eer"]}
+
+
+def train_one_epoch(
+    model: nn.Module, opt: torch.optim.Optimizer, sched, data: Split, cfg: TrainConfig,
+    epoch: int, device: torch.device, rank: int, world: int,
+) -> dict[str, float]:
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
+    batches = epoch_batches(data.labels, cfg, epoch, rank, world)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or not batches, mininterval=2, file=sys.stderr)
+    t0, seen, total = time.perf_counter(), 0, 0.0
+    for idx in bar:
+        x = augment(data.images[idx], translate=cfg.translate, flip=cfg.flip, generator=g).to(device, non_blocking=True)
+        y = data.labels[idx].to(device, non_blocking=True)
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen += len(idx) * world
+        total += loss.item()  # a device sync point; cheap next to the CPU step
+        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+    secs = time.perf_counter() - t0
+    return {"loss": total / max(1, len(batches)), "images_per_s": seen / max(secs, 1e-9), "epoch_seconds": secs}
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of the trainable parameters (BatchNorm running stats are per rank by design: DDP
+    broadcasts rank 0's at each forward, and rank 0 exports)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.named_parameters()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(cfg: TrainConfig) -> dict:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    bundle: DataBundle = load_dataset(
+        cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, channels=cfg.channels,
+        image_size=cfg.image_size or None, exclude_classes=cfg.exclude_classes, download=cfg.download,
+    )
+    train_split = bundle.train
+    if cfg.max_train_images and len(train_split) > cfg.max_train_images:
+        keep = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(cfg.seed))
+        train_split = train_split.subset(keep[: cfg.max_train_images].sort().values)
+    c, h, w = bundle.shape
+    mean, std = channel_stats(cfg.dataset, train_split.images)
+    tower = build_tower(
+        cfg.arch, channels=c, height=h, width=w, embedding_dim=cfg.embedding_dim, widths=cfg.widths,
+        mean=mean, std=std, normalize=cfg.normalize, flip_tta=cfg.flip_tta,
+    )
+    spec = LossSpec(cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize)
+    if cfg.loss in CLASSIFIER_LOSSES and not cfg.normalize:
+        raise SystemExit(f"--loss {cfg.loss} needs --normalize true (it works on the unit sphere)")
+    model = TrainModel(tower, build_loss(spec, len(bundle.classes), cfg.embedding_dim)).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    steps_per_epoch = len(epoch_batches(train_split.labels, cfg, 0, rank, world))
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(train_split)} training images is less than one batch of {cfg.batch_size * world}")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup))
+
+    ckpt_path = cfg.run_dir / "checkpoint.pt"
+    history: list[dict] = []
+    start_epoch = 0
+    if cfg.resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if rank == 0:
+        log.info("%s: %d train / %d val / %d test images %s, %d classes, %d steps/epoch, device %s, world %d",
+                 cfg.dataset, len(train_split), len(bundle.val), len(bundle.test), bundle.shape,
+                 len(bundle.classes), steps_per_epoch, device, world)
+    t_start = time.perf_counter() - sum(e.get("epoch_seconds", 0) for e in history)
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = train_one_epoch(train_model, opt, sched, train_split, cfg, epoch, device, rank, world)
+        if rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            stats |= validate(tower, bundle.val, device)
+        stats["epoch"] = epoch + 1
+        history.append(stats)
+        if rank == 0:
+            log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
+                     "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"))
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch + 1, "history": history, "config": cfg.to_json()}, tmp)
+            tmp.replace(ckpt_path)  # atomic: a crash mid-save never leaves a broken checkpoint
+    train_seconds = time.perf_counter() - t_start
+
+    if world > 1:
+        (cfg.run_dir / f"weights-rank{rank}.sha256").parent.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / f"weights-rank{rank}.sha256").write_text(weights_digest(model) + "\n")
+        dist.barrier()
+    result: dict = {"history": history}
+    if rank == 0:
+        result = export(tower.cpu().eval(), bundle, cfg, history, train_seconds)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def export(tower: Tower, bundle: DataBundle, cfg: TrainConfig, history: list[dict], train_seconds: float) -> dict:
+    """Calibrate on validation pairs, measure on test pairs, write the artifact and plots."""
+    val_emb = embed_all(tower, bundle.val.images)
+    a, b, same = balanced_pairs(bundle.val.labels, seed=0)
+    val_d = pair_distances(val_emb, a, b)
+    threshold, calibration = calibrate(val_d, same.numpy())
+    test_emb = embed_all(tower, bundle.test.images)
+    from training.evaluate import PAIR_SEED
+
+    metrics = compute_metrics(test_emb, bundle.test.labels, threshold, bundle.classes, cfg.exclude_classes)
+    metrics["val"] = verification_metrics(val_d, same.numpy(), threshold)
+    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["train_images_per_s"] = round(float(np.mean([e["images_per_s"] for e in history])), 1) if history else None
+    metrics["machine"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    c, h, w = bundle.shape
+    card = artifact.write(
+        cfg.out, tower, name=cfg.name, dataset=cfg.dataset, classes=bundle.classes,
+        input_spec=artifact.InputSpec(channels=c, height=h, width=w), embedding_dim=cfg.embedding_dim,
+        threshold=threshold, calibration=calibration, metrics=metrics, training=cfg.to_json(),
+    )
+    (cfg.run_dir / "history.json").parent.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    if cfg.plots:
+        from training import plots
+
+        plots.training_curves(cfg.out, history)
+        plots.evaluation_plots(cfg.out, test_emb, bundle.test, threshold, bundle.classes, PAIR_SEED)
+    t = metrics["test"]
+    log.info("exported %s (%s): test pair accuracy %.4f  AUC %.5f  EER %.4f  threshold %.4f  in %.0f s",
+             cfg.out, card.version, t["accuracy"], t["roc_auc"], t["eer"], threshold, train_seconds)
+    return {"card": card.model_dump(), "history": history}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = parse_args(argv, description=__doc__.split("\n")[0])
+    from training.data import DataError
+
+    try:
+        train(cfg)
+    except DataError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

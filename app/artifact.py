@@ -113,9 +113,9 @@ def _quiet_torchscript_deprecation() -> Iterator[None]:
     # torch>=2.14 warns that torch.jit is deprecated. The product ships TorchScript on purpose
     # (see DEVELOPERS.md); silence exactly that warning, here only.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*TorchScript.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*")
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+        )
         yield
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
 
     # Security
-    api_keys: SecretStr = SecretStr("")  # "k1,k2" or a file with one key per line; "" = no auth
+    # "k1,k2", '["k1", "k2"]' or a file with one key per line; "" = no auth
+    api_keys: SecretStr = SecretStr("")
     cors_origins: Annotated[list[str], NoDecode] = []  # "https://a,https://b"; [] = CORS off
 
     # Process (used by `python -m app`)
@@ -64,13 +65,27 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _one_request_fits_the_queue(self) -> Settings:
+        # A request queues all its images at once; more than queue_max could never be served.
+        largest = max(self.max_matrix_images, self.max_candidates + 1)
+        if self.queue_max < largest:
+            raise ValueError(
+                f"queue_max ({self.queue_max}) must be >= {largest}, the largest request"
+            )
+        return self
+
     def api_key_set(self) -> frozenset[str]:
-        """The accepted API keys: read from the file ``api_keys`` names, else split on commas."""
+        """The accepted API keys: a JSON list, a file with one key per line, or comma-separated."""
         raw = self.api_keys.get_secret_value().strip()
         if not raw:
             return frozenset()
-        path = Path(raw)
-        if "," not in raw and path.is_file():
-            lines = path.read_text().splitlines()
-            return frozenset(k.strip() for k in lines if k.strip() and not k.startswith("#"))
-        return frozenset(k.strip() for k in raw.split(",") if k.strip())
+        if raw.startswith("["):
+            keys = json.loads(raw)
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ValueError("IMGSIM_API_KEYS: a JSON value must be a list of strings")
+        elif "," not in raw and Path(raw).is_file():
+            keys = [k for k in Path(raw).read_text().splitlines() if not k.startswith("#")]
+        else:
+            keys = raw.split(",")
+        return frozenset(k.strip() for k in keys if k.strip())

@@ -63,25 +63,23 @@ class Embedder:
                 results[i] = cached
 
         if missing:
-            firsts = [positions[0] for positions in missing.values()]
+            decodes = [
+                loop.run_in_executor(self.pool, self._decode, model, blobs[positions[0]])
+                for positions in missing.values()
+            ]
             try:
                 async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
-                    decoded = await asyncio.gather(
-                        *(loop.run_in_executor(self.pool, self._decode, model, blobs[i]) for i in firsts)
-                    )  # fmt: skip
+                    decoded = dict(zip(missing, await asyncio.gather(*decodes), strict=True))
             except TimeoutError:
                 raise DeadlineExceeded("decoding did not finish in time; retry later") from None
-            good = [(d, x) for d, x in zip(missing, decoded, strict=True) if isinstance(x, torch.Tensor)]
-            embs = await model.batcher.embed_many([x for _, x in good], deadline)
-            outcome: dict[str, torch.Tensor | ImageError] = {
-                d: x for d, x in zip(missing, decoded, strict=True) if isinstance(x, ImageError)
-            }
-            for (digest, _), emb in zip(good, embs, strict=True):
+            good = [d for d, x in decoded.items() if isinstance(x, torch.Tensor)]
+            embs = await model.batcher.embed_many([decoded[d] for d in good], deadline)
+            for digest, emb in zip(good, embs, strict=True):
                 self.cache.put((version, digest), emb)
-                outcome[digest] = emb
+                decoded[digest] = emb
             for digest, positions in missing.items():
                 for i in positions:
-                    results[i] = outcome[digest]
+                    results[i] = decoded[digest]
         return results  # type: ignore[return-value]  # every slot is filled
 
     def _decode(self, model: ServedModel, data: bytes) -> torch.Tensor | ImageError:

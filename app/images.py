@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Image.open tries only these plugins: no EPS (runs Ghostscript), no ICO/PSD/PDF/... surprises.
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
@@ -46,9 +46,11 @@ def decode(
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise TooLarge(f"image header claims too many pixels ({e})") from e
-    except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError, struct.error, ...
-        raise Undecodable(f"not a decodable image ({type(e).__name__})") from e
+        raise TooLarge(f"image header claims more than {max_pixels} pixels") from e
+    except UnidentifiedImageError as e:
+        raise Undecodable("not a decodable image") from e
+    except Exception as e:  # OSError, SyntaxError, ValueError, struct.error, ... from a plugin
+        raise Undecodable(f"not a decodable image ({e})"[:200]) from e
 
     with img:
         width, height = img.size
@@ -59,7 +61,7 @@ def decode(
         try:
             rgb_or_l = _to_model_input(img, mode, size)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise TooLarge(f"image frame has too many pixels ({e})") from e
+            raise TooLarge("an image frame claims too many pixels") from e
         except Exception as e:  # truncated data, corrupt chunks, bad EXIF, ...
             raise Undecodable(f"damaged image ({type(e).__name__}: {e})"[:200]) from e
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from PIL import Image
 
 from app import __version__
 from app.api import embed, health, metrics, models, similarity, verify
@@ -61,6 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = app.state
         state.phase = "starting"
         torch.set_num_threads(settings.torch_threads)
+        # Pillow only warns between 1x and 2x its own pixel limit; make that an error, which
+        # app.images reports as 413 (its own, lower max_image_pixels check comes first anyway).
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         # Fail at boot, not on the first request; a broken model is refused, the rest serve.
         registry = await asyncio.to_thread(
             Registry.load, settings.model_store, settings.default_model

@@ -22,7 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _HANDLER_MARK = "_imgsim_handler"
-_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of msg
+}
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 access_logger = logging.getLogger("app.access")
@@ -110,17 +114,21 @@ class RequestContextMiddleware:
             status = 500
             raise
         finally:
-            route = scope.get("route")
+            # The route template (/similarity), not the raw path; a request refused before
+            # routing (401, 404) logs its path, cut short.
+            route = getattr(scope.get("route"), "path", None)
+            path = route or scope["path"][:200]
             access_logger.log(
                 logging.ERROR if status >= 500 else logging.INFO,
                 "%s %s %d",
                 scope["method"],
-                getattr(route, "path", "<unmatched>"),
+                path,
                 status,
                 extra={
                     "request_id": request_id,
                     "method": scope["method"],
-                    "route": getattr(route, "path", None),
+                    "route": route,
+                    "path": None if route else path,
                     "status": status,
                     "latency_ms": round((time.perf_counter() - started) * 1000, 2),
                     "model": state.get("model"),

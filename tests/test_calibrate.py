@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.calibrate import balanced_pairs, best_threshold, calibrate, fit_logistic, rates_at, verification_metrics
+from training.calibrate import (
+    balanced_pairs,
+    best_threshold,
+    calibrate,
+    fit_logistic,
+    rates_at,
+    verification_metrics,
+)
 
 
 def test_best_threshold_separates_perfectly_separable_distances():

@@ -25,7 +25,9 @@ ROOT = Path(__file__).parents[1]
 
 @pytest.fixture(scope="module")
 def small_mnist():
-    return load_dataset(f"folder:{MNIST_SMALL}", Path("."), channels=1, image_size=28, cache_dir=None, seed=0)
+    return load_dataset(
+        f"folder:{MNIST_SMALL}", Path("."), channels=1, image_size=28, cache_dir=None, seed=0
+    )
 
 
 def test_folder_dataset_split_is_stratified_and_disjoint(small_mnist):
@@ -47,12 +49,28 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 
 def test_train_cli_exits_2_with_message_when_data_missing(tmp_path, caplog):
-    assert main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--download", "false", "--out", str(tmp_path / "m")]) == 2
+    assert (
+        main(
+            [
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(tmp_path),
+                "--download",
+                "false",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
     assert "MNIST not found" in caplog.text
 
 
 def test_exclude_classes_removes_them_from_train_and_val_only(small_mnist):
-    b = load_dataset(f"folder:{MNIST_SMALL}", Path("."), channels=1, cache_dir=None, exclude_classes=["5", "7"])
+    b = load_dataset(
+        f"folder:{MNIST_SMALL}", Path("."), channels=1, cache_dir=None, exclude_classes=["5", "7"]
+    )
     assert not torch.isin(b.train.labels, torch.tensor([5, 7])).any()
     assert not torch.isin(b.val.labels, torch.tensor([5, 7])).any()
     assert torch.isin(b.test.labels, torch.tensor([5, 7])).any()
@@ -64,7 +82,9 @@ def test_augment_shifts_and_flips_without_changing_content_amount():
     g = torch.Generator().manual_seed(0)
     y = augment(x, translate=2, flip=True, generator=g)
     assert y.shape == x.shape and y.dtype == torch.uint8
-    assert (y.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3))).all()  # a 2x2 blob shifted by <=2 stays inside
+    assert (
+        y.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3))
+    ).all()  # a 2x2 blob shifted by <=2 stays inside
     assert (y != x).any(dim=(1, 2, 3)).sum() > 32  # most images moved
 
 
@@ -72,10 +92,27 @@ def test_augment_shifts_and_flips_without_changing_content_amount():
 def test_every_loss_lowers_its_loss_in_a_few_steps(loss_name, small_mnist):
     torch.manual_seed(0)
     normalize = True
-    tower = build_tower("convnet", channels=1, height=28, width=28, embedding_dim=16, widths=[8, 16],
-                        mean=[0.13], std=[0.3], normalize=normalize, flip_tta=False)
-    margin = {"contrastive": 1.0, "triplet-batch-hard": 0.2, "triplet-semi-hard": 0.2, "arcface": 20.0}.get(loss_name, 0.3)
-    loss = build_loss(LossSpec(loss_name, margin, 16.0, 0.1, normalize), num_classes=10, embedding_dim=16)
+    tower = build_tower(
+        "convnet",
+        channels=1,
+        height=28,
+        width=28,
+        embedding_dim=16,
+        widths=[8, 16],
+        mean=[0.13],
+        std=[0.3],
+        normalize=normalize,
+        flip_tta=False,
+    )
+    margin = {
+        "contrastive": 1.0,
+        "triplet-batch-hard": 0.2,
+        "triplet-semi-hard": 0.2,
+        "arcface": 20.0,
+    }.get(loss_name, 0.3)
+    loss = build_loss(
+        LossSpec(loss_name, margin, 16.0, 0.1, normalize), num_classes=10, embedding_dim=16
+    )
     model = TrainModel(tower, loss)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     x, y = small_mnist.train.images[:120], small_mnist.train.labels[:120]
@@ -91,7 +128,12 @@ def test_every_loss_lowers_its_loss_in_a_few_steps(loss_name, small_mnist):
 
 def test_presets_and_flags(tmp_path):
     cfg = parse_args(["--preset", "seed-mnist", "--epochs", "2", "--out", str(tmp_path / "x")])
-    assert cfg.arch == "seed" and cfg.embedding_dim == 2 and cfg.loss == "contrastive" and cfg.margin == 5.0
+    assert (
+        cfg.arch == "seed"
+        and cfg.embedding_dim == 2
+        and cfg.loss == "contrastive"
+        and cfg.margin == 5.0
+    )
     assert cfg.epochs == 2  # the flag wins over the preset
     assert cfg.name == "x"
     cfg = parse_args(["--dataset", "cifar10"])
@@ -102,11 +144,36 @@ def test_presets_and_flags(tmp_path):
 
 def _train_small(tmp_path: Path, *extra: str) -> Path:
     out = tmp_path / "model"
-    code = main([
-        "--dataset", f"folder:{MNIST_SMALL}", "--channels", "1", "--image-size", "28", "--out", str(out),
-        "--run-dir", str(tmp_path / "run"), "--widths", "8", "16", "--embedding-dim", "16",
-        "--batch-size", "64", "--epochs", "3", "--lr", "0.05", "--plots", "false", "--threads", "1", *extra,
-    ])
+    code = main(
+        [
+            "--dataset",
+            f"folder:{MNIST_SMALL}",
+            "--channels",
+            "1",
+            "--image-size",
+            "28",
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--widths",
+            "8",
+            "16",
+            "--embedding-dim",
+            "16",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.05",
+            "--plots",
+            "false",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
     assert code == 0
     return out
 
@@ -118,7 +185,9 @@ def test_short_training_run_exports_a_model_the_service_loads(tmp_path):
     card = art.card
     assert card.input.channels == 1 and card.embedding_dim == 16 and card.threshold > 0
     assert card.training["epochs"] == 3 and card.training["dataset"].startswith("folder:")
-    assert {"roc_auc", "eer", "accuracy", "tar_at_far_1e-3", "precision_at_1", "map_at_r"} <= set(card.metrics["test"])
+    assert {"roc_auc", "eer", "accuracy", "tar_at_far_1e-3", "precision_at_1", "map_at_r"} <= set(
+        card.metrics["test"]
+    )
     assert card.metrics["test"]["roc_auc"] > 0.6  # 3 epochs on 200 images: well above chance
     for png in ("roc.png", "distances.png", "pairs.png", "embeddings.png", "training.png"):
         assert (out / png).stat().st_size > 1000
@@ -148,10 +217,38 @@ def test_evaluate_cli_reports_seen_and_unseen(tmp_path, capsys):
 def test_ddp_two_cpu_ranks_agree_on_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
-        "-m", "training.train", "--dataset", f"folder:{MNIST_SMALL}", "--channels", "1", "--image-size", "28",
-        "--out", str(tmp_path / "model"), "--run-dir", str(tmp_path / "run"), "--widths", "8", "16",
-        "--embedding-dim", "16", "--batch-size", "32", "--epochs", "1", "--plots", "false", "--threads", "1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "0",
+        "-m",
+        "training.train",
+        "--dataset",
+        f"folder:{MNIST_SMALL}",
+        "--channels",
+        "1",
+        "--image-size",
+        "28",
+        "--out",
+        str(tmp_path / "model"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--widths",
+        "8",
+        "16",
+        "--embedding-dim",
+        "16",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--plots",
+        "false",
+        "--threads",
+        "1",
     ]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=240, capture_output=True)
     digests = [(tmp_path / "run" / f"weights-rank{r}.sha256").read_text() for r in (0, 1)]

@@ -13,6 +13,7 @@ from app.metrics import Metrics
 from app.registry import ModelUnavailable, Registry, ServedModel, UnknownModel
 
 RETRY_AFTER_S = "1"
+TEXT_FIELDS = ("model", "threshold")  # the optional text fields of the image endpoints
 
 
 def not_ready_reason(request: Request) -> str | None:
@@ -72,7 +73,9 @@ Threshold = Annotated[
 ]
 
 
-async def resolve_model(request: Request, registry: RegistryDep, model: ModelName = None) -> ServedModel:
+async def resolve_model(
+    request: Request, registry: RegistryDep, model: ModelName = None
+) -> ServedModel:
     try:
         served = registry.get(model)
     except UnknownModel as e:
@@ -90,7 +93,9 @@ async def reject_empty_fields(request: Request) -> None:
     """422 for a text field sent empty. FastAPI reads "" in a form as absent, which would
     silently turn `threshold=` into the model's default; a client that sends a field means it."""
     form = await request.form()  # already parsed by the route: cached
-    empty = [k for k, v in form.multi_items() if isinstance(v, str) and not v.strip()]
+    empty = [
+        k for k in TEXT_FIELDS for v in form.getlist(k) if isinstance(v, str) and not v.strip()
+    ]
     if empty:
         raise RequestValidationError(
             [

@@ -26,7 +26,7 @@ async def readyz(request: Request) -> JSONResponse:
     registry = getattr(request.app.state, "registry", None)
     models: dict[str, str] = {}
     if registry is not None:
-        models = {name: "up" for name in registry.models} | registry.failed
+        models = dict.fromkeys(registry.models, "up") | registry.failed
     reason = not_ready_reason(request)
     if reason is None and (registry is None or not registry.models):
         reason = "no model could be loaded"

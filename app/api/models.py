@@ -9,6 +9,9 @@ from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
 
 router = APIRouter(tags=["models"])
 
+# The card minus its training config (long, and of no use to a client) and the raw sha256.
+CARD_FIELDS = set(ModelInfo.model_fields) - {"name", "default"}
+
 
 @router.get(
     "/models",
@@ -21,13 +24,8 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
         ModelInfo(
             name=name,
             default=name == registry.default,
-            **served.card.model_dump(
-                include={
-                    "version", "dataset", "classes", "input", "embedding_dim", "distance",
-                    "threshold", "calibration", "metrics", "created_at", "torch_version",
-                }
-            ),
-        )  # fmt: skip
+            **served.card.model_dump(include=CARD_FIELDS),
+        )
         for name, served in registry.models.items()
     ]
     failed = [FailedModel(name=name, error=error) for name, error in registry.failed.items()]

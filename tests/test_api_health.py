@@ -1,0 +1,68 @@
+"""/healthz, /readyz (before start-up, ready, during shutdown) and GET /models."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from image_bytes import multipart_files, png
+from towers import CALIBRATION, THRESHOLD
+
+from app.main import create_app
+
+
+def test_healthz_is_always_ok(settings):
+    app = create_app(settings)
+    assert TestClient(app).get("/healthz").json() == {"status": "ok"}  # even before start-up
+
+
+def test_readyz_is_503_before_the_models_are_loaded(settings):
+    client = TestClient(create_app(settings))  # no `with`: the lifespan has not run
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert r.json() == {
+        "status": "not ready",
+        "models": {},
+        "detail": "starting: models are loading",
+    }
+    r = client.post("/embed", files=multipart_files(image=png()))
+    assert r.status_code == 503
+    assert r.json() == {"detail": "not ready: starting: models are loading"}
+
+
+def test_readyz_once_warmed_up(client):
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "ready",
+        "models": {"cifar10": "up", "mnist": "up"},
+        "detail": None,
+    }
+
+
+def test_readyz_is_503_once_shutdown_began(settings):
+    app = create_app(settings)
+    with TestClient(app):
+        pass  # lifespan ran start-up and shutdown
+    r = TestClient(app).get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["detail"] == "shutting down"
+
+
+def test_models_lists_the_cards(client):
+    body = client.get("/models").json()
+    assert body["default"] == "mnist" and body["failed"] == []
+    by_name = {m["name"]: m for m in body["models"]}
+    mnist = by_name["mnist"]
+    assert mnist["default"] is True and by_name["cifar10"]["default"] is False
+    assert mnist["input"] == {"channels": 1, "height": 28, "width": 28}
+    assert mnist["embedding_dim"] == 16 and mnist["threshold"] == THRESHOLD
+    assert mnist["calibration"]["slope"] == CALIBRATION.slope
+    assert len(mnist["version"]) == 12
+    assert "training" not in mnist and "sha256" not in mnist
+
+
+def test_unknown_path_is_json_404(client):
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    r = client.get("/similarity")
+    assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}

@@ -1,0 +1,215 @@
+"""app.batching: batched results equal unbatched ones, in order; failures, bounds and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+from towers import TinyTower
+
+from app import artifact
+from app.batching import Batcher, DeadlineExceeded, QueueFull, ShuttingDown
+
+
+class Recorder:
+    """Wraps a real module: records every batch it runs, optionally holding the first one at a
+    gate so a test can pile up requests behind it deterministically."""
+
+    def __init__(self, module: torch.nn.Module, gated: bool = False) -> None:
+        self.module = module
+        self.batches: list[torch.Tensor] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        assert self.gate.wait(10), "test never opened the gate"
+        self.batches.append(x.clone())
+        return self.module(x)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+
+class FirstPixels(torch.nn.Module):
+    """(N, 1, 4, 4) -> (N, 4): each output is readable back to its own input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :4].float()
+
+
+class PoisonOnBatch(torch.nn.Module):
+    """Fails any batch that holds an image whose first pixel is 255."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1)[:, 0] == 255).any()):
+            raise RuntimeError("poisoned input")
+        return x.flatten(1)[:, :4].float()
+
+
+def images(n: int, shape: tuple[int, ...] = (1, 4, 4), seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 255, shape, generator=g, dtype=torch.uint8) for _ in range(n)]
+
+
+async def started(batcher: Batcher) -> Batcher:
+    batcher.start()
+    return batcher
+
+
+async def wait_until(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, 10)
+
+
+def test_batched_results_equal_unbatched_forward():
+    torch.manual_seed(0)
+    tower = artifact.script(TinyTower(1).eval())
+    xs = images(40, (1, 28, 28))
+    recorder = Recorder(tower, gated=True)
+
+    async def run() -> list[torch.Tensor]:
+        batcher = await started(Batcher(recorder, max_batch_size=16))
+        first = asyncio.ensure_future(batcher.embed(xs[0]))
+        await wait_until(recorder.entered)  # the worker holds xs[0]; the rest queue up
+        rest = asyncio.gather(*(batcher.embed(x) for x in xs[1:]))
+        await asyncio.sleep(0.05)
+        recorder.gate.set()
+        out = [await first, *await rest]
+        await batcher.stop()
+        return out
+
+    got = torch.stack(asyncio.run(run()))
+    with torch.inference_mode():
+        expected = tower(torch.stack(xs))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert recorder.sizes == [1, 16, 16, 7]  # really batched, never over max_batch_size
+
+
+def test_order_is_preserved_under_concurrency():
+    xs = images(100)
+
+    async def run() -> list[torch.Tensor]:
+        batcher = await started(Batcher(FirstPixels(), max_batch_size=8))
+
+        async def one(x: torch.Tensor) -> torch.Tensor:
+            await asyncio.sleep(0.001 * int(x[0, 0, 0]) % 3)  # arrive out of step
+            return await batcher.embed(x)
+
+        out = await asyncio.gather(*(one(x) for x in xs))
+        await batcher.stop()
+        return out
+
+    for x, emb in zip(xs, asyncio.run(run()), strict=True):
+        assert emb.tolist() == x.flatten()[:4].float().tolist()
+
+
+def test_a_failing_item_does_not_fail_its_batch_mates():
+    xs = images(6)
+    xs[3][0, 0, 0] = 255  # poison
+    for x in xs[:3] + xs[4:]:
+        x[0, 0, 0] = 0
+    recorder = Recorder(PoisonOnBatch(), gated=True)
+
+    async def run() -> list[torch.Tensor | BaseException]:
+        batcher = await started(Batcher(recorder, max_batch_size=8))
+        first = asyncio.ensure_future(batcher.embed(xs[0]))
+        await wait_until(recorder.entered)
+        rest = asyncio.gather(*(batcher.embed(x) for x in xs[1:]), return_exceptions=True)
+        await asyncio.sleep(0.05)
+        recorder.gate.set()
+        out = [await first, *await rest]
+        await batcher.stop()
+        return out
+
+    results = asyncio.run(run())
+    assert isinstance(results[3], RuntimeError) and "poisoned" in str(results[3])
+    for i in [0, 1, 2, 4, 5]:
+        assert results[i].tolist() == xs[i].flatten()[:4].float().tolist()
+    assert 5 in recorder.sizes  # the batch of five was tried whole, then item by item
+
+
+def test_queue_bound_raises_queue_full_at_once():
+    recorder = Recorder(FirstPixels(), gated=True)
+    xs = images(4)
+
+    async def run() -> None:
+        batcher = await started(Batcher(recorder, queue_max=2))
+        running = asyncio.ensure_future(batcher.embed(xs[0]))
+        await wait_until(recorder.entered)  # taken off the queue by the worker
+        queued = [asyncio.ensure_future(batcher.embed(x)) for x in xs[1:3]]
+        await asyncio.sleep(0)
+        assert batcher.queued == 2
+        started_at = time.perf_counter()
+        with pytest.raises(QueueFull, match="limit 2"):
+            await batcher.embed(xs[3])
+        assert time.perf_counter() - started_at < 0.1
+        with pytest.raises(QueueFull):  # several images: all or none
+            await batcher.embed_many(xs[:1])
+        recorder.gate.set()
+        await asyncio.gather(running, *queued)
+        await batcher.stop()
+
+    asyncio.run(run())
+
+
+def test_deadline_drops_the_work():
+    recorder = Recorder(FirstPixels(), gated=True)
+    xs = images(2)
+    xs[1][0, 0, :4] = torch.tensor([1, 2, 3, 4], dtype=torch.uint8)
+
+    async def run() -> None:
+        batcher = await started(Batcher(recorder))
+        first = asyncio.ensure_future(batcher.embed(xs[0]))
+        await wait_until(recorder.entered)
+        started_at = time.perf_counter()
+        with pytest.raises(DeadlineExceeded, match="did not answer in time"):
+            await batcher.embed(xs[1], deadline=time.monotonic() + 0.05)
+        assert time.perf_counter() - started_at < 0.5
+        recorder.gate.set()
+        await first
+        await batcher.stop()
+
+    asyncio.run(run())
+    assert recorder.sizes == [1]  # the expired image never reached the model
+    assert recorder.batches[0][0].flatten()[:4].tolist() != [1, 2, 3, 4]
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_to_fill():
+    async def run() -> float:
+        batcher = await started(Batcher(FirstPixels(), max_batch_size=32, max_wait_ms=500))
+        await batcher.embed(images(1)[0])  # warm
+        started_at = time.perf_counter()
+        await batcher.embed(images(1, seed=1)[0])
+        elapsed = time.perf_counter() - started_at
+        await batcher.stop()
+        return elapsed
+
+    assert asyncio.run(run()) < 0.25  # far below max_wait_ms: nobody waited for company
+
+
+def test_stop_drains_the_queue_then_refuses():
+    recorder = Recorder(FirstPixels(), gated=True)
+    xs = images(5)
+
+    async def run() -> None:
+        batcher = await started(Batcher(recorder))
+        pending = [asyncio.ensure_future(batcher.embed(xs[0]))]
+        await wait_until(recorder.entered)
+        pending += [asyncio.ensure_future(batcher.embed(x)) for x in xs[1:]]
+        await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0.05)
+        with pytest.raises(ShuttingDown):
+            await batcher.embed(xs[0])
+        recorder.gate.set()
+        await stopping
+        assert all(p.done() and p.exception() is None for p in pending)
+
+    asyncio.run(run())
+    assert sum(recorder.sizes) == 5

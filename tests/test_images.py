@@ -1,0 +1,152 @@
+"""app.images: every accepted format decodes to the model's mode and size; bad bytes are refused."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from image_bytes import (
+    animated_gif,
+    encode,
+    exif_rotated_jpeg,
+    halves,
+    noise,
+    palette_with_transparency,
+    png,
+    sixteen_bit_png,
+    transparent_rgba,
+)
+from PIL import Image
+
+from app.images import TooLarge, Undecodable, decode
+
+MAX_PIXELS = 40_000_000
+GREY = ("L", (28, 28))
+COLOUR = ("RGB", (32, 32))
+
+
+def decode_l(data: bytes, size: tuple[int, int] = (28, 28)) -> torch.Tensor:
+    return decode(data, "L", size, MAX_PIXELS)
+
+
+FORMATS = {
+    "png-rgb": lambda: png(mode="RGB"),
+    "png-grey": lambda: png(mode="L"),
+    "png-rgba": lambda: png(mode="RGBA"),
+    "jpeg": lambda: encode(noise(), "JPEG"),
+    "jpeg-grey": lambda: encode(noise(mode="L"), "JPEG"),
+    "jpeg-cmyk": lambda: encode(noise(mode="CMYK"), "JPEG"),
+    "jpeg-exif-rotated": exif_rotated_jpeg,
+    "gif-animated": animated_gif,
+    "webp": lambda: encode(noise(), "WEBP"),
+    "bmp": lambda: encode(noise(), "BMP"),
+    "tiff": lambda: encode(noise(), "TIFF"),
+    "tiff-deflate": lambda: encode(noise(), "TIFF", compression="tiff_adobe_deflate"),
+    "png-16bit": lambda: sixteen_bit_png(30000),
+    "png-palette-transparent": palette_with_transparency,
+    "png-1bit": lambda: encode(noise(mode="L").convert("1"), "PNG"),
+    "png-1x1": lambda: png(size=(1, 1)),
+    "png-1x3000": lambda: png(size=(1, 3000)),
+    "png-3000x1": lambda: png(size=(3000, 1)),
+    "jpeg-large": lambda: encode(noise(size=(2000, 1500)), "JPEG"),  # decoded at 1/8 scale
+}
+
+
+@pytest.mark.parametrize("mode,size", [GREY, COLOUR], ids=["L-28", "RGB-32"])
+@pytest.mark.parametrize("make", FORMATS.values(), ids=FORMATS.keys())
+def test_every_format_decodes_to_the_model_input(make, mode, size):
+    x = decode(make(), mode, size, MAX_PIXELS)
+    channels = 1 if mode == "L" else 3
+    assert x.dtype == torch.uint8
+    assert tuple(x.shape) == (channels, size[1], size[0])
+    assert x.is_contiguous()
+
+
+def test_non_square_size_is_width_height():
+    x = decode(png(), "RGB", (20, 10), MAX_PIXELS)  # ModelCard.size is (width, height)
+    assert tuple(x.shape) == (3, 10, 20)
+
+
+def test_grey_matches_pil_conversion():
+    img = noise(size=(28, 28))
+    expected = np.asarray(img.convert("L"))
+    got = decode_l(encode(img, "PNG"))[0].numpy()
+    np.testing.assert_array_equal(got, expected)  # same size: no resampling, only the luma
+
+
+def test_exif_orientation_is_applied():
+    upright = decode_l(exif_rotated_jpeg())[0].float()
+    top, bottom = upright[:10].mean(), upright[-10:].mean()
+    assert top < 40 and bottom > 215, (top, bottom)  # rotated: black on top, not on the left
+    stored = decode_l(encode(halves().convert("RGB"), "JPEG"))[0].float()
+    assert stored[:, :10].mean() < 40 and stored[:, -10:].mean() > 215
+
+
+def test_cmyk_jpeg_keeps_its_colours():
+    red = Image.new("CMYK", (16, 16), (0, 255, 255, 0))
+    x = decode(encode(red, "JPEG", quality=95), "RGB", (16, 16), MAX_PIXELS)
+    r, g, b = (x[c].float().mean().item() for c in range(3))
+    assert r > 200 and g < 60 and b < 60, (r, g, b)
+
+
+def test_animated_gif_uses_the_first_frame():
+    assert decode_l(animated_gif()).float().mean() > 250  # frame 0 is white, frame 1 black
+
+
+@pytest.mark.parametrize(
+    "value,expected", [(0, 0), (257, 1), (1000, 4), (32896, 128), (65535, 255)]
+)
+def test_sixteen_bit_is_scaled_not_clipped(value, expected):
+    x = decode_l(sixteen_bit_png(value), size=(8, 8))
+    assert x.unique().tolist() == [expected]
+
+
+@pytest.mark.parametrize("make", [palette_with_transparency, transparent_rgba])
+def test_transparency_is_composited_over_white(make):
+    x = decode_l(make(), size=(20, 20))[0]
+    assert x[:, :9].min() == 255  # transparent half: white, not black
+    assert x[:, 11:].max() == 0  # opaque black half stays black
+
+
+def test_la_alpha_is_composited_over_white():
+    img = Image.new("LA", (20, 20), (0, 0))
+    x = decode_l(encode(img, "PNG"), size=(20, 20))
+    assert x.min() == 255
+
+
+def test_pixel_limit_is_checked_from_the_header():
+    with pytest.raises(TooLarge, match="100x100 = 10000 pixels is over the limit of 9999"):
+        decode(png(size=(100, 100)), "L", (28, 28), max_pixels=9_999)
+    decode(png(size=(100, 100)), "L", (28, 28), max_pixels=10_000)  # at the limit: fine
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"", "empty file"),
+        (b"hello, world", "not a decodable image"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "not a decodable image"),
+        (b"<!doctype html><html></html>", "not a decodable image"),
+        (png()[:200], "damaged image"),
+        (encode(noise(size=(64, 64)), "JPEG")[:1500], "damaged image"),
+    ],
+    ids=["empty", "text", "svg", "html", "truncated-png", "truncated-jpeg"],
+)
+def test_bad_bytes_are_undecodable(data, message):
+    with pytest.raises(Undecodable, match=message):
+        decode_l(data)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "PPM"])
+def test_formats_outside_the_list_are_refused(fmt):
+    # Pillow could open these; the service does not promise them, so it does not try.
+    with pytest.raises(Undecodable):
+        decode_l(encode(noise(size=(16, 16)), fmt))
+
+
+def test_bytes_not_names_decide():
+    buf = io.BytesIO()
+    noise().save(buf, "GIF")
+    assert decode_l(buf.getvalue()).shape == (1, 28, 28)  # no name, no content type: fine

@@ -1,0 +1,113 @@
+"""app.observability: request ids, one JSON access line per request, nothing secret logged."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from image_bytes import multipart_files
+
+from app.main import create_app
+from app.observability import JsonFormatter, clean_request_id
+
+KEY = "s3cret-api-key-value"
+
+
+def access_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "app.access"]
+
+
+def test_a_request_id_is_generated(client):
+    r = client.get("/healthz")
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+    assert client.get("/healthz").headers["x-request-id"] != r.headers["x-request-id"]
+
+
+def test_a_clean_incoming_request_id_is_honoured(client):
+    r = client.get("/healthz", headers={"X-Request-ID": "lb-7f3a:42.b_c"})
+    assert r.headers["x-request-id"] == "lb-7f3a:42.b_c"
+
+
+@pytest.mark.parametrize("bad", ["a" * 129, "has space", "<script>", "x\ty", "ünï"])
+def test_an_unsafe_request_id_is_replaced(bad):
+    assert re.fullmatch(r"[0-9a-f]{32}", clean_request_id(bad))
+
+
+def test_error_responses_carry_the_id_too(client):
+    r = client.post("/embed", files=multipart_files(image=b"junk"), headers={"X-Request-ID": "r-1"})
+    assert r.status_code == 400 and r.headers["x-request-id"] == "r-1"
+
+
+def test_access_line_is_json_with_the_fields(client, caplog, digits):
+    caplog.set_level(logging.INFO, logger="app.access")
+    r = client.post(
+        "/verify",
+        files=multipart_files(image_a=digits["0"][0], image_b=digits["1"][0]),
+        data={"model": "mnist"},
+        headers={"X-Request-ID": "trace-123"},
+    )
+    assert r.status_code == 200
+    (record,) = access_records(caplog)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "INFO" and line["logger"] == "app.access"
+    assert line["request_id"] == "trace-123"
+    assert line["method"] == "POST" and line["route"] == "/verify" and line["status"] == 200
+    assert line["model"] == "mnist" and line["latency_ms"] > 0
+    assert line["msg"] == "POST /verify 200"
+
+
+def test_client_errors_are_info_and_name_the_route(client, caplog):
+    caplog.set_level(logging.INFO, logger="app.access")
+    client.post("/embed", files=multipart_files(image=b"junk"))
+    client.get("/does/not/exist")
+    records = access_records(caplog)
+    assert [(r.levelno, r.status, r.route) for r in records] == [
+        (logging.INFO, 400, "/embed"),
+        (logging.INFO, 404, None),
+    ]
+    assert records[1].path == "/does/not/exist"
+
+
+def test_no_key_and_no_image_bytes_in_any_log(make_settings, caplog, digits):
+    caplog.set_level(logging.DEBUG)
+    image = digits["8"][0]
+    with TestClient(create_app(make_settings(api_keys=KEY))) as client:
+        for key in [KEY, "wrong-" + KEY]:
+            client.post("/embed", files=multipart_files(image=image), headers={"X-API-Key": key})
+        client.post("/embed", files=multipart_files(image=b"\x89PNG\r\n\x1a\nbroken" + image[:64]))
+    lines = [JsonFormatter().format(r) for r in caplog.records]
+    text = caplog.text + "\n".join(lines)
+    assert KEY not in text
+    for fragment in [image[8:40], image[8:40].hex(), base64.b64encode(image[8:40]).decode()]:
+        assert str(fragment) not in text
+    assert "IHDR" not in text
+
+
+def test_server_errors_are_logged_with_traceback_and_answer_json(client, caplog):
+    def broken(x):
+        raise RuntimeError("boom: a bug in the model")
+
+    client.app.state.registry.get("mnist").batcher.forward = broken
+    caplog.set_level(logging.INFO)
+    quiet = TestClient(client.app, raise_server_exceptions=False)
+    r = quiet.post(
+        "/embed",
+        files=multipart_files(image=b"GIF89a" + bytes(10)),
+        headers={"X-Request-ID": "bug-1"},
+    )
+    assert r.status_code == 400  # bad input is still the client's: no forward pass needed
+    from image_bytes import png
+
+    r = quiet.post("/embed", files=multipart_files(image=png()), headers={"X-Request-ID": "bug-2"})
+    assert r.status_code == 500
+    assert r.json() == {"detail": "internal error", "request_id": "bug-2"}
+    assert r.headers["x-request-id"] == "bug-2"
+    (error,) = [r for r in caplog.records if r.name == "app.main" and r.levelno == logging.ERROR]
+    assert error.exc_info is not None and "boom" in JsonFormatter().format(error)
+    assert error.request_id == "bug-2"
+    (access,) = [r for r in access_records(caplog) if r.status == 500]
+    assert access.levelno == logging.ERROR

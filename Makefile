@@ -56,7 +56,7 @@ bench: $(VENV)/.installed-dev  ## speed/memory goals (issue 5); writes benchmark
 	$(BIN)/python -m benchmarks.run --data-dir $(DATA_DIR)
 
 soak: $(VENV)/.installed-dev  ## 20,000 mixed valid/hostile requests against a real uvicorn
-	$(BIN)/python -m benchmarks.soak
+	$(BIN)/python -m benchmarks.soak --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -18,7 +18,6 @@ from types import FrameType
 import uvicorn
 
 from app.config import Settings
-from app.main import create_app
 from app.observability import configure_logging
 
 
@@ -47,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             # Each worker process builds its own app (and loads every model) from IMGSIM_*.
             uvicorn.run("app.main:create_app", factory=True, workers=args.workers, **options)
         else:
+            # Imported here: with --workers the supervisor process never needs torch (~700 MB).
+            from app.main import create_app
+
             uvicorn.run(create_app(settings), **options)
     except KeyboardInterrupt:
         return 130

@@ -194,6 +194,22 @@ def test_short_training_run_exports_a_model_the_service_loads(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 3 and "optimizer" in ckpt and "scheduler" in ckpt
 
+    # the service loads the freshly trained model and answers with it
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+
+    sevens = sorted((MNIST_SMALL / "7").glob("*.png"))
+    two = sorted((MNIST_SMALL / "2").glob("*.png"))[0]
+    with TestClient(create_app(Settings(model_store=tmp_path, api_keys=""))) as client:
+        files = {"image_a": sevens[0].read_bytes(), "image_b": two.read_bytes()}
+        r = client.post("/verify", files=files, data={"model": "model"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == card.version and body["threshold"] == card.threshold
+        assert 0 <= body["similarity"] <= 1 and body["distance"] > 0
+
     # --resume from the epoch-3 checkpoint with more epochs continues rather than restarting
     out2 = _train_small(tmp_path, "--epochs", "4", "--resume", "--out", str(tmp_path / "model2"))
     hist = json.loads((tmp_path / "run" / "history.json").read_text())

@@ -13,7 +13,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from app.artifact import Calibration, ThresholdRate
 
 
-def balanced_pairs(labels: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def balanced_pairs(
+    labels: torch.Tensor, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each image once with a random same-class partner and once with a different-class one.
 
     Returns (a, b, same) index/label tensors of length 2N (N where a class has a single image is
@@ -36,7 +38,9 @@ def balanced_pairs(labels: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, t
             b_neg.append(others[torch.randint(0, len(others), (len(idx),), generator=g)])
     a = torch.cat(a_pos + a_neg)
     b = torch.cat(b_pos + b_neg)
-    same = torch.cat([torch.ones(sum(len(x) for x in a_pos)), torch.zeros(sum(len(x) for x in a_neg))])
+    same = torch.cat(
+        [torch.ones(sum(len(x) for x in a_pos)), torch.zeros(sum(len(x) for x in a_neg))]
+    )
     assert len(a) <= 2 * n
     return a, b, same.bool()
 

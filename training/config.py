@@ -39,7 +39,9 @@ class TrainConfig:
     flip_tta: bool = False  # exported module averages the image and its mirror
     # objective
     loss: str = "cosface"  # one of training.losses.LOSSES
-    margin: float = 0.35  # contrastive/triplet: distance margin; cosface: cosine margin; arcface: deg
+    margin: float = (
+        0.35  # contrastive/triplet: distance margin; cosface: cosine margin; arcface: deg
+    )
     scale: float = 30.0  # cosface/arcface logit scale
     temperature: float = 0.1  # supcon
     m_per_class: int = 0  # >0: batches hold m images of each sampled class (PML MPerClassSampler)
@@ -62,30 +64,73 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation passes
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()
+        }
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The classic Siamese recipe (2-D embedding, contrastive margin 5, plain conv stack), as the
     # seed tutorials train it: the reference the shipped models are measured against.
     "seed-mnist": dict(
-        dataset="mnist", arch="seed", embedding_dim=2, normalize=False, loss="contrastive", margin=5.0,
-        optimizer="adamw", lr=5e-4, warmup=0.0, weight_decay=0.0, epochs=10, batch_size=128,
-        translate=0, m_per_class=0,
+        dataset="mnist",
+        arch="seed",
+        embedding_dim=2,
+        normalize=False,
+        loss="contrastive",
+        margin=5.0,
+        optimizer="adamw",
+        lr=5e-4,
+        warmup=0.0,
+        weight_decay=0.0,
+        epochs=10,
+        batch_size=128,
+        translate=0,
+        m_per_class=0,
     ),
     "seed-cifar": dict(
-        dataset="cifar10", arch="seed", embedding_dim=2, normalize=False, loss="contrastive", margin=5.0,
-        optimizer="adamw", lr=5e-4, warmup=0.0, weight_decay=0.0, epochs=5, batch_size=128,
-        translate=0, m_per_class=0,
+        dataset="cifar10",
+        arch="seed",
+        embedding_dim=2,
+        normalize=False,
+        loss="contrastive",
+        margin=5.0,
+        optimizer="adamw",
+        lr=5e-4,
+        warmup=0.0,
+        weight_decay=0.0,
+        epochs=5,
+        batch_size=128,
+        translate=0,
+        m_per_class=0,
     ),
     # Shipped recipes: additive-margin softmax on L2-normalised embeddings (see README table).
     "mnist": dict(
-        dataset="mnist", arch="convnet", widths=[32, 64, 128], embedding_dim=64, loss="cosface",
-        margin=0.35, scale=30.0, epochs=4, batch_size=256, lr=0.05, translate=2,
+        dataset="mnist",
+        arch="convnet",
+        widths=[32, 64, 128],
+        embedding_dim=64,
+        loss="cosface",
+        margin=0.35,
+        scale=30.0,
+        epochs=4,
+        batch_size=256,
+        lr=0.05,
+        translate=2,
     ),
     "cifar10": dict(
-        dataset="cifar10", arch="convnet", widths=[64, 256, 256], embedding_dim=128, loss="cosface",
-        margin=0.25, scale=30.0, epochs=12, batch_size=256, lr=0.05, translate=2, flip=True,
+        dataset="cifar10",
+        arch="convnet",
+        widths=[64, 256, 256],
+        embedding_dim=128,
+        loss="cosface",
+        margin=0.25,
+        scale=30.0,
+        epochs=12,
+        batch_size=256,
+        lr=0.05,
+        translate=2,
+        flip=True,
         flip_tta=True,
     ),
 }
@@ -102,7 +147,8 @@ def _parse_bool(s: str) -> bool:
 def parse_args(argv: list[str] | None = None, description: str = "") -> TrainConfig:
     """``--flag value`` for every field; presets first, then explicit flags."""
     p = argparse.ArgumentParser(
-        prog="python -m training.train", description=description,
+        prog="python -m training.train",
+        description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     hints = typing.get_type_hints(TrainConfig)
@@ -110,7 +156,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> TrainCon
     for f in dataclasses.fields(TrainConfig):
         t = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"(default: {getattr(defaults, f.name)})")
+        kw: dict[str, Any] = dict(
+            default=argparse.SUPPRESS, help=f"(default: {getattr(defaults, f.name)})"
+        )
         if t is bool:
             kw.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
         elif typing.get_origin(t) is list:
@@ -129,7 +177,12 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> TrainCon
         p.add_argument(flag, **kw)
     given = vars(p.parse_args(argv))
     preset = given.get("preset", "")
-    if not preset and given.get("dataset", "mnist") in PRESETS and "loss" not in given and "arch" not in given:
+    if (
+        not preset
+        and given.get("dataset", "mnist") in PRESETS
+        and "loss" not in given
+        and "arch" not in given
+    ):
         preset = given.get("dataset", "mnist")  # the shipped recipe for a known data set
     values = {**PRESETS.get(preset, {}), **given, "preset": preset}
     cfg = TrainConfig(**values)

@@ -121,8 +121,9 @@ def load_folder(
     """Decode a class-folder tree once into uint8 tensors, cached by file list and mtimes."""
     classes, items = list_class_folders(root)
     key = hashlib.sha256(
-        repr((str(root.resolve()), mode, size, [(str(p), p.stat().st_mtime_ns) for p, _ in items]))
-        .encode()
+        repr(
+            (str(root.resolve()), mode, size, [(str(p), p.stat().st_mtime_ns) for p, _ in items])
+        ).encode()
     ).hexdigest()[:16]
     cache = cache_dir / f"{root.name}-{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
@@ -142,7 +143,9 @@ def load_folder(
     return classes, Split(images, labels)
 
 
-def _cifar10(data_dir: Path, download: bool, cache_dir: Path | None) -> tuple[list[str], Split, Split]:
+def _cifar10(
+    data_dir: Path, download: bool, cache_dir: Path | None
+) -> tuple[list[str], Split, Split]:
     folders = data_dir / "cifar10"
     if (folders / "train").is_dir() and (folders / "test").is_dir():
         classes, train = load_folder(folders / "train", "RGB", (32, 32), cache_dir)
@@ -204,7 +207,9 @@ def load_dataset(
         size = (image_size, image_size) if image_size else None
         if (root / "train").is_dir() and (root / "test").is_dir():
             classes, train = load_folder(root / "train", mode, size, cache_dir)
-            test_classes, test = load_folder(root / "test", mode, size or train.images.shape[-1:-3:-1], cache_dir)
+            test_classes, test = load_folder(
+                root / "test", mode, size or train.images.shape[-1:-3:-1], cache_dir
+            )
             if test_classes != classes:
                 raise DataError(f"{root}: train and test have different class folders")
         else:
@@ -226,7 +231,9 @@ def load_dataset(
     return DataBundle(spec, classes, train, val, test)
 
 
-def augment(x: torch.Tensor, *, translate: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, *, translate: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
     """Random translation by up to ``translate`` px (zero fill) and horizontal flips, per image.
 
     (B, C, H, W) uint8 in, same out. Whole-batch ops grouped by shift: at most (2t+1)^2 groups.

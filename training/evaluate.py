@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from app import artifact
@@ -49,7 +48,10 @@ def retrieval_metrics(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, floa
         device=torch.device("cpu"),
     )
     got = calc.get_accuracy(emb, labels, ref_includes_query=True)
-    return {"precision_at_1": float(got["precision_at_1"]), "map_at_r": float(got["mean_average_precision_at_r"])}
+    return {
+        "precision_at_1": float(got["precision_at_1"]),
+        "map_at_r": float(got["mean_average_precision_at_r"]),
+    }
 
 
 def subset_metrics(emb: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
@@ -59,7 +61,11 @@ def subset_metrics(emb: torch.Tensor, labels: torch.Tensor, threshold: float) ->
 
 
 def compute_metrics(
-    emb: torch.Tensor, labels: torch.Tensor, threshold: float, classes: list[str], excluded: list[str]
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float,
+    classes: list[str],
+    excluded: list[str],
 ) -> dict:
     """Test metrics for a model card: all classes, plus seen/unseen when classes were held out."""
     metrics = {"test": {**subset_metrics(emb, labels, threshold), **retrieval_metrics(emb, labels)}}
@@ -72,7 +78,9 @@ def compute_metrics(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=__doc__.split("\n")[0]
+    )
     p.add_argument("model_dir", type=Path)
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     p.add_argument("--dataset", help="override the card's dataset (e.g. folder:PATH)")
@@ -95,14 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     threshold = args.threshold or card.threshold
     emb = embed_all(art.module, bundle.test.images)
-    metrics = compute_metrics(emb, bundle.test.labels, threshold, bundle.classes, cfg.get("exclude_classes") or [])
+    metrics = compute_metrics(
+        emb, bundle.test.labels, threshold, bundle.classes, cfg.get("exclude_classes") or []
+    )
     metrics["threshold"] = threshold
     metrics["model"] = card.name
     metrics["model_version"] = card.version
     if args.plots:
         from training import plots
 
-        plots.evaluation_plots(args.model_dir, emb, bundle.test, threshold, bundle.classes, PAIR_SEED)
+        plots.evaluation_plots(
+            args.model_dir, emb, bundle.test, threshold, bundle.classes, PAIR_SEED
+        )
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.json:

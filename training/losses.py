@@ -55,25 +55,36 @@ def build_loss(spec: LossSpec, num_classes: int, embedding_dim: int) -> MetricLo
     dist = distances.LpDistance(normalize_embeddings=spec.normalized)
     name = spec.name
     if name == "contrastive":
-        return MetricLoss(losses.ContrastiveLoss(pos_margin=0.0, neg_margin=spec.margin, distance=dist), None)
+        return MetricLoss(
+            losses.ContrastiveLoss(pos_margin=0.0, neg_margin=spec.margin, distance=dist), None
+        )
     if name == "triplet-batch-hard":
         return MetricLoss(
-            losses.TripletMarginLoss(margin=spec.margin, distance=dist), miners.BatchHardMiner(distance=dist)
+            losses.TripletMarginLoss(margin=spec.margin, distance=dist),
+            miners.BatchHardMiner(distance=dist),
         )
     if name == "triplet-semi-hard":
         return MetricLoss(
             losses.TripletMarginLoss(margin=spec.margin, distance=dist),
-            miners.TripletMarginMiner(margin=spec.margin, type_of_triplets="semihard", distance=dist),
+            miners.TripletMarginMiner(
+                margin=spec.margin, type_of_triplets="semihard", distance=dist
+            ),
         )
     if name == "multi-similarity":
-        return MetricLoss(losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(0.1))
+        return MetricLoss(
+            losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(0.1)
+        )
     if name == "supcon":
         return MetricLoss(losses.SupConLoss(temperature=spec.temperature), None)
     if name == "cosface":
-        return MetricLoss(losses.CosFaceLoss(num_classes, embedding_dim, margin=spec.margin, scale=spec.scale), None)
+        return MetricLoss(
+            losses.CosFaceLoss(num_classes, embedding_dim, margin=spec.margin, scale=spec.scale),
+            None,
+        )
     if name == "arcface":
         # PML's ArcFace margin is in degrees.
         return MetricLoss(
-            losses.ArcFaceLoss(num_classes, embedding_dim, margin=spec.margin, scale=spec.scale), None
+            losses.ArcFaceLoss(num_classes, embedding_dim, margin=spec.margin, scale=spec.scale),
+            None,
         )
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -57,7 +57,10 @@ def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class ConvGroups(nn.Module):
-    """stem -> [conv, pool, conv] x len(widths) -> global max pool. (N, C, H, W) -> (N, widths[-1])."""
+    """stem -> [conv, pool, conv] x len(widths) -> global max pool.
+
+    (N, C, H, W) -> (N, widths[-1])
+    """
 
     def __init__(self, channels: int, widths: list[int], stem: int = 32) -> None:
         super().__init__()
@@ -80,7 +83,10 @@ class ConvGroups(nn.Module):
 
 
 class SeedConvNet(nn.Module):
-    """The classic tutorial Siamese tower: two conv+pool stages and a ReLU MLP. (N, C, H, W) -> (N, 256)."""
+    """The classic tutorial Siamese tower: two conv+pool stages and a ReLU MLP.
+
+    (N, C, H, W) -> (N, 256)
+    """
 
     def __init__(self, channels: int, height: int, width: int) -> None:
         super().__init__()
@@ -114,7 +120,11 @@ def build_tower(
     flip_tta: bool,
 ) -> Tower:
     if arch == "seed":
-        return Tower(SeedConvNet(channels, height, width), 256, embedding_dim, mean, std, normalize, flip_tta)
+        return Tower(
+            SeedConvNet(channels, height, width), 256, embedding_dim, mean, std, normalize, flip_tta
+        )
     if arch == "convnet":
-        return Tower(ConvGroups(channels, widths), widths[-1], embedding_dim, mean, std, normalize, flip_tta)
+        return Tower(
+            ConvGroups(channels, widths), widths[-1], embedding_dim, mean, std, normalize, flip_tta
+        )
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

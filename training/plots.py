@@ -58,7 +58,12 @@ def evaluation_plots(
     fpr, tpr, _ = roc_curve(same, -d)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot(np.maximum(fpr, 1e-5), tpr)
-    ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate", title="ROC (test pairs)")
+    ax.set(
+        xscale="log",
+        xlabel="false accept rate",
+        ylabel="true accept rate",
+        title="ROC (test pairs)",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=DPI)
@@ -91,7 +96,9 @@ def evaluation_plots(
         verdict = "same" if d[k] <= threshold else "different"
         ok = verdict == ("same" if same[k] else "different")
         ax.set_title(f"d={d[k]:.3f} {verdict}", color="green" if ok else "red", fontsize=9)
-        ax.set_xlabel(f"{classes[int(test.labels[a[k]])]} / {classes[int(test.labels[b[k]])]}", fontsize=8)
+        ax.set_xlabel(
+            f"{classes[int(test.labels[a[k]])]} / {classes[int(test.labels[b[k]])]}", fontsize=8
+        )
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes.flat[len(picks) :]:
@@ -112,7 +119,10 @@ def evaluation_plots(
         how = "t-SNE"
     fig, ax = plt.subplots(figsize=(6, 5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=4)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i))) for i in range(len(classes))]
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)))
+        for i in range(len(classes))
+    ]
     ax.legend(handles, classes, fontsize=7, loc="best", markerscale=1)
     ax.set(title=f"test embeddings ({how}, {len(idx)} images)", xticks=[], yticks=[])
     fig.tight_layout()

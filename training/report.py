@@ -1,6 +1,6 @@
 """Markdown comparison table of exported models, from their model cards (no numbers by hand).
 
-    python -m training.report model_store/mnist runs/seed-mnist/model ...
+python -m training.report model_store/mnist runs/seed-mnist/model ...
 """
 
 from __future__ import annotations
@@ -19,11 +19,19 @@ def row(model_dir: Path) -> str:
     recipe = cfg.get("preset") or f"{cfg.get('arch')}/{cfg.get('loss')}"
     size_mb = (model_dir / artifact.MODEL_FILE).stat().st_size / 2**20
     cells = [
-        card.name, card.dataset, recipe, f"{card.embedding_dim}", f"{cfg.get('epochs')}",
-        f"{100 * t.get('accuracy', float('nan')):.2f}%", f"{t.get('roc_auc', float('nan')):.4f}",
-        f"{100 * t.get('eer', float('nan')):.2f}%", f"{t.get('tar_at_far_1e-3', float('nan')):.3f}",
-        f"{t.get('precision_at_1', float('nan')):.4f}", f"{t.get('map_at_r', float('nan')):.4f}",
-        f"{m.get('train_seconds', 0) / 60:.1f} min", f"{size_mb:.1f} MB",
+        card.name,
+        card.dataset,
+        recipe,
+        f"{card.embedding_dim}",
+        f"{cfg.get('epochs')}",
+        f"{100 * t.get('accuracy', float('nan')):.2f}%",
+        f"{t.get('roc_auc', float('nan')):.4f}",
+        f"{100 * t.get('eer', float('nan')):.2f}%",
+        f"{t.get('tar_at_far_1e-3', float('nan')):.3f}",
+        f"{t.get('precision_at_1', float('nan')):.4f}",
+        f"{t.get('map_at_r', float('nan')):.4f}",
+        f"{m.get('train_seconds', 0) / 60:.1f} min",
+        f"{size_mb:.1f} MB",
     ]
     for key in ("test_seen", "test_unseen"):
         if key in m:
@@ -32,11 +40,26 @@ def row(model_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m training.report", description=__doc__.split("\n")[0]
+    )
     p.add_argument("model_dirs", nargs="+", type=Path)
     args = p.parse_args(argv)
-    head = ["model", "data", "recipe", "D", "epochs", "pair acc", "ROC AUC", "EER", "TAR@FAR1e-3",
-            "P@1", "MAP@R", "train time", "size"]
+    head = [
+        "model",
+        "data",
+        "recipe",
+        "D",
+        "epochs",
+        "pair acc",
+        "ROC AUC",
+        "EER",
+        "TAR@FAR1e-3",
+        "P@1",
+        "MAP@R",
+        "train time",
+        "size",
+    ]
     rows = [row(d) for d in args.model_dirs]
     if any(r.count("|") > len(head) + 1 for r in rows):
         head += ["seen acc / AUC", "unseen acc / AUC"]

@@ -2,9 +2,10 @@
 
     python -m training.train --dataset mnist --data-dir ../shared/data --out model_store/mnist
     python -m training.train --dataset cifar10 --data-dir ../shared/data --out model_store/cifar10
-    python -m training.train --preset seed-mnist --out runs/seed-mnist/model   # the classic recipe
-    python -m training.train --dataset folder:/data/signatures --channels 1 --image-size 64 --out model_store/signatures
-    torchrun --nproc-per-node 2 -m training.train ...                         # DistributedDataParallel
+    python -m training.train --preset seed-mnist --out runs/seed-mnist/model  # classic recipe
+    python -m training.train --dataset folder:/data/signatures --channels 1 --image-size 64 \
+        --out model_store/signatures                                         # any class folders
+    torchrun --nproc-per-node 2 -m training.train ...                        # DDP
 
 One loop, top to bottom: data as uint8 tensors in memory, whole-batch augmentation, a tower whose
 forward is the exported contract (uint8 in, embedding out), a loss from pytorch-metric-learning,
@@ -17,11 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,7 +74,9 @@ def channel_stats(dataset: str, images: torch.Tensor) -> tuple[list[float], list
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
 
-def epoch_batches(labels: torch.Tensor, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
+def epoch_batches(
+    labels: torch.Tensor, cfg: TrainConfig, epoch: int, rank: int, world: int
+) -> list[torch.Tensor]:
     """Index batches for one epoch, identical on every rank, each rank taking its own slice."""
     g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     n = len(labels)
@@ -83,13 +84,18 @@ def epoch_batches(labels: torch.Tensor, cfg: TrainConfig, epoch: int, rank: int,
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         torch.manual_seed(cfg.seed * 1000 + epoch)  # the sampler draws from the global generator
-        sampler = MPerClassSampler(labels, m=cfg.m_per_class, batch_size=cfg.batch_size, length_before_new_iter=n)
+        sampler = MPerClassSampler(
+            labels, m=cfg.m_per_class, batch_size=cfg.batch_size, length_before_new_iter=n
+        )
         order = torch.tensor(list(iter(sampler)))
     else:
         order = torch.randperm(n, generator=g)
     per_step = cfg.batch_size * world
     steps = len(order) // per_step  # drop the ragged tail: BatchNorm and miners want full batches
-    return [order[s * per_step + rank * cfg.batch_size : s * per_step + (rank + 1) * cfg.batch_size] for s in range(steps)]
+    return [
+        order[s * per_step + rank * cfg.batch_size : s * per_step + (rank + 1) * cfg.batch_size]
+        for s in range(steps)
+    ]
 
 
 def lr_lambda(total_steps: int, warmup: float):
@@ -114,16 +120,31 @@ def validate(tower: Tower, val: Split, device: torch.device) -> dict[str, float]
 
 
 def train_one_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, sched, data: Split, cfg: TrainConfig,
-    epoch: int, device: torch.device, rank: int, world: int,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    data: Split,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    rank: int,
+    world: int,
 ) -> dict[str, float]:
     model.train()
     g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
     batches = epoch_batches(data.labels, cfg, epoch, rank, world)
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or not batches, mininterval=2, file=sys.stderr)
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=rank != 0 or not batches,
+        mininterval=2,
+        file=sys.stderr,
+    )
     t0, seen, total = time.perf_counter(), 0, 0.0
     for idx in bar:
-        x = augment(data.images[idx], translate=cfg.translate, flip=cfg.flip, generator=g).to(device, non_blocking=True)
+        x = augment(data.images[idx], translate=cfg.translate, flip=cfg.flip, generator=g).to(
+            device, non_blocking=True
+        )
         y = data.labels[idx].to(device, non_blocking=True)
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -132,9 +153,17 @@ def train_one_epoch(
         sched.step()
         seen += len(idx) * world
         total += loss.item()  # a device sync point; cheap next to the CPU step
-        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+        bar.set_postfix(
+            loss=f"{loss.item():.4f}",
+            img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+            lr=f"{sched.get_last_lr()[0]:.3g}",
+        )
     secs = time.perf_counter() - t0
-    return {"loss": total / max(1, len(batches)), "images_per_s": seen / max(secs, 1e-9), "epoch_seconds": secs}
+    return {
+        "loss": total / max(1, len(batches)),
+        "images_per_s": seen / max(secs, 1e-9),
+        "epoch_seconds": secs,
+    }
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -161,8 +190,14 @@ def train(cfg: TrainConfig) -> dict:
     np.random.seed(cfg.seed)
 
     bundle: DataBundle = load_dataset(
-        cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, channels=cfg.channels,
-        image_size=cfg.image_size or None, exclude_classes=cfg.exclude_classes, download=cfg.download,
+        cfg.dataset,
+        cfg.data_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        channels=cfg.channels,
+        image_size=cfg.image_size or None,
+        exclude_classes=cfg.exclude_classes,
+        download=cfg.download,
     )
     train_split = bundle.train
     if cfg.max_train_images and len(train_split) > cfg.max_train_images:
@@ -171,8 +206,16 @@ def train(cfg: TrainConfig) -> dict:
     c, h, w = bundle.shape
     mean, std = channel_stats(cfg.dataset, train_split.images)
     tower = build_tower(
-        cfg.arch, channels=c, height=h, width=w, embedding_dim=cfg.embedding_dim, widths=cfg.widths,
-        mean=mean, std=std, normalize=cfg.normalize, flip_tta=cfg.flip_tta,
+        cfg.arch,
+        channels=c,
+        height=h,
+        width=w,
+        embedding_dim=cfg.embedding_dim,
+        widths=cfg.widths,
+        mean=mean,
+        std=std,
+        normalize=cfg.normalize,
+        flip_tta=cfg.flip_tta,
     )
     spec = LossSpec(cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize)
     if cfg.loss in CLASSIFIER_LOSSES and not cfg.normalize:
@@ -180,15 +223,25 @@ def train(cfg: TrainConfig) -> dict:
     model = TrainModel(tower, build_loss(spec, len(bundle.classes), cfg.embedding_dim)).to(device)
     model = model.to(memory_format=torch.channels_last)
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
+        )
     elif cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         raise SystemExit(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
     steps_per_epoch = len(epoch_batches(train_split.labels, cfg, 0, rank, world))
     if steps_per_epoch == 0:
-        raise SystemExit(f"{len(train_split)} training images is less than one batch of {cfg.batch_size * world}")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup))
+        raise SystemExit(
+            f"{len(train_split)} training images is less than one batch of {cfg.batch_size * world}"
+        )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup)
+    )
 
     ckpt_path = cfg.run_dir / "checkpoint.pt"
     history: list[dict] = []
@@ -202,26 +255,53 @@ def train(cfg: TrainConfig) -> dict:
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     train_model: nn.Module = model
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     if rank == 0:
-        log.info("%s: %d train / %d val / %d test images %s, %d classes, %d steps/epoch, device %s, world %d",
-                 cfg.dataset, len(train_split), len(bundle.val), len(bundle.test), bundle.shape,
-                 len(bundle.classes), steps_per_epoch, device, world)
+        log.info(
+            "%s: %d train / %d val / %d test images %s, %d classes, %d steps/epoch, "
+            "device %s, world %d",
+            cfg.dataset,
+            len(train_split),
+            len(bundle.val),
+            len(bundle.test),
+            bundle.shape,
+            len(bundle.classes),
+            steps_per_epoch,
+            device,
+            world,
+        )
     t_start = time.perf_counter() - sum(e.get("epoch_seconds", 0) for e in history)
     for epoch in range(start_epoch, cfg.epochs):
-        stats = train_one_epoch(train_model, opt, sched, train_split, cfg, epoch, device, rank, world)
+        stats = train_one_epoch(
+            train_model, opt, sched, train_split, cfg, epoch, device, rank, world
+        )
         if rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             stats |= validate(tower, bundle.val, device)
         stats["epoch"] = epoch + 1
         history.append(stats)
         if rank == 0:
-            log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
-                     "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"))
+            log.info(
+                "epoch %d/%d  %s",
+                epoch + 1,
+                cfg.epochs,
+                "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"),
+            )
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch + 1, "history": history, "config": cfg.to_json()}, tmp)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "config": cfg.to_json(),
+                },
+                tmp,
+            )
             tmp.replace(ckpt_path)  # atomic: a crash mid-save never leaves a broken checkpoint
     train_seconds = time.perf_counter() - t_start
 
@@ -238,7 +318,9 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
-def export(tower: Tower, bundle: DataBundle, cfg: TrainConfig, history: list[dict], train_seconds: float) -> dict:
+def export(
+    tower: Tower, bundle: DataBundle, cfg: TrainConfig, history: list[dict], train_seconds: float
+) -> dict:
     """Calibrate on validation pairs, measure on test pairs, write the artifact and plots."""
     val_emb = embed_all(tower, bundle.val.images)
     a, b, same = balanced_pairs(bundle.val.labels, seed=0)
@@ -247,16 +329,28 @@ def export(tower: Tower, bundle: DataBundle, cfg: TrainConfig, history: list[dic
     test_emb = embed_all(tower, bundle.test.images)
     from training.evaluate import PAIR_SEED
 
-    metrics = compute_metrics(test_emb, bundle.test.labels, threshold, bundle.classes, cfg.exclude_classes)
+    metrics = compute_metrics(
+        test_emb, bundle.test.labels, threshold, bundle.classes, cfg.exclude_classes
+    )
     metrics["val"] = verification_metrics(val_d, same.numpy(), threshold)
     metrics["train_seconds"] = round(train_seconds, 1)
-    metrics["train_images_per_s"] = round(float(np.mean([e["images_per_s"] for e in history])), 1) if history else None
+    metrics["train_images_per_s"] = (
+        round(float(np.mean([e["images_per_s"] for e in history])), 1) if history else None
+    )
     metrics["machine"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
     c, h, w = bundle.shape
     card = artifact.write(
-        cfg.out, tower, name=cfg.name, dataset=cfg.dataset, classes=bundle.classes,
-        input_spec=artifact.InputSpec(channels=c, height=h, width=w), embedding_dim=cfg.embedding_dim,
-        threshold=threshold, calibration=calibration, metrics=metrics, training=cfg.to_json(),
+        cfg.out,
+        tower,
+        name=cfg.name,
+        dataset=cfg.dataset,
+        classes=bundle.classes,
+        input_spec=artifact.InputSpec(channels=c, height=h, width=w),
+        embedding_dim=cfg.embedding_dim,
+        threshold=threshold,
+        calibration=calibration,
+        metrics=metrics,
+        training=cfg.to_json(),
     )
     (cfg.run_dir / "history.json").parent.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "history.json").write_text(json.dumps(history, indent=2))
@@ -266,13 +360,23 @@ def export(tower: Tower, bundle: DataBundle, cfg: TrainConfig, history: list[dic
         plots.training_curves(cfg.out, history)
         plots.evaluation_plots(cfg.out, test_emb, bundle.test, threshold, bundle.classes, PAIR_SEED)
     t = metrics["test"]
-    log.info("exported %s (%s): test pair accuracy %.4f  AUC %.5f  EER %.4f  threshold %.4f  in %.0f s",
-             cfg.out, card.version, t["accuracy"], t["roc_auc"], t["eer"], threshold, train_seconds)
+    log.info(
+        "exported %s (%s): test pair accuracy %.4f  AUC %.5f  EER %.4f  threshold %.4f  in %.0f s",
+        cfg.out,
+        card.version,
+        t["accuracy"],
+        t["roc_auc"],
+        t["eer"],
+        threshold,
+        train_seconds,
+    )
     return {"card": card.model_dump(), "history": history}
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cfg = parse_args(argv, description=__doc__.split("\n")[0])
     from training.data import DataError
 

@@ -1,0 +1,427 @@
+"""Soak: a bounded stream of valid and hostile requests against a real uvicorn (issue 6).
+
+    python -m benchmarks.soak                          # make soak: 20,000 requests, concurrency 32
+    python -m benchmarks.soak --requests 2000 --out /tmp/soak.md
+
+``python -m app`` serves the model store as shipped (cache on). The load is a seeded shuffle of
+
+* valid requests on every model: /similarity, /verify (with and without a threshold) and /embed
+  on distinct real images; each must answer 200;
+* hostile ones, each with the status it must get: the corpus in tests/fixtures/hostile/ with the
+  statuses its README documents (sent to /embed and as image_a of /similarity), or generated
+  stand-ins when it is absent (empty, text named .png, random bytes, truncated PNG and JPEG, SVG,
+  HTML); always a 40000x40000 all-zero PNG (deflate-streamed, ~200 KB), an upload one byte over
+  max_upload_bytes, bad thresholds (NaN, inf, -1, "abc", ""), an unknown model, an invalid model
+  name, missing fields and an empty body.
+
+Targets: no 5xx, no dropped connection or client error, every request answered with its expected
+status, server RSS growth from after warm-up to the end under 10%, the server still ready at the
+end and exiting cleanly. Exits 1 when one is missed; writes the "soak" section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import struct
+import sys
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from app import artifact
+from app.config import Settings
+from benchmarks import report
+from benchmarks.corpus import FIXTURES, Corpus, load_corpus
+from benchmarks.loadgen import LoadResult, Request, build_request, percentile, raw_request, run_load
+from benchmarks.servers import MB, RssSampler, Server, clean_env, service_cmd
+
+HOSTILE_DIR = FIXTURES / "hostile"
+OK = frozenset({200})
+HOSTILE_SHARE = 0.3  # of all requests
+OVERSIZE_SHARE = 0.0025  # of all requests; each is a 10 MB upload
+RSS_GROWTH_MAX = 0.10
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model-store", type=Path, default=Path("model_store"))
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--models", nargs="*", default=[], help="only these models (default: all)")
+    p.add_argument("--requests", type=int, default=20_000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--warmup-requests", type=int, default=1000, help="before RSS 'start'")
+    p.add_argument("--images", type=int, default=2000, help="distinct real images per model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, s")
+    p.add_argument(
+        "--service-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra IMGSIM_* settings for the service",
+    )
+    p.add_argument("--out", type=Path, default=report.RESULTS, help="Markdown file to update")
+    p.add_argument("--no-write", action="store_true", help="print only; leave --out alone")
+    p.add_argument("--log-dir", type=Path, default=Path("benchmarks/out"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    machine = report.machine_info()
+    busy = report.busy_warning()
+    dirs = artifact.discover(args.model_store)
+    if args.models:
+        dirs = [d for d in dirs if d.name in args.models]
+    if not dirs:
+        raise SystemExit(f"{args.model_store}: no model directory with {artifact.CARD_FILE}")
+    extra = dict(kv.split("=", 1) for kv in args.service_env)
+    env = clean_env(IMGSIM_MODEL_STORE=str(args.model_store), **extra)
+    settings = Settings(**{k.removeprefix("IMGSIM_").lower(): v for k, v in extra.items()})
+    run_dir = args.log_dir / time.strftime("soak-%Y%m%d-%H%M%S")
+    if busy:
+        print(f"WARNING: {busy}")
+
+    corpora = {d.name: load_corpus(artifact.read_card(d), args.data_dir, args.images) for d in dirs}
+    valid = {name: valid_requests(name, corpus) for name, corpus in corpora.items()}
+    first = dirs[0].name
+    hostile = hostile_requests(first, corpora[first], settings.max_upload_bytes)
+    hostile_source = (
+        f"{HOSTILE_DIR} (README table)" if fixture_cases() else "generated (no fixture corpus)"
+    )
+    rng = random.Random(args.seed)
+    warmup = mix(valid, hostile, args.warmup_requests, rng)
+    load = mix(valid, hostile, args.requests, rng)
+    print(
+        f"soak: {args.requests} requests at concurrency {args.concurrency} on "
+        f"{', '.join(valid)}; {len(hostile)} hostile kinds from {hostile_source}",
+        flush=True,
+    )
+    print(f"server log in {run_dir}", flush=True)
+
+    server = Server.start("soak-service", service_cmd(), env, run_dir)
+    try:
+        warm = run_load("127.0.0.1", server.port, warmup, args.concurrency, count=len(warmup))
+        time.sleep(0.5)
+        with RssSampler(server.pid, interval_s=0.5) as rss:
+            rss_start = rss.last
+            started = time.perf_counter()
+            result = run_load(
+                "127.0.0.1",
+                server.port,
+                load,
+                args.concurrency,
+                count=len(load),
+                timeout_s=args.timeout,
+            )
+            elapsed = time.perf_counter() - started
+        time.sleep(1.0)
+        rss_end = rss.sample()
+        ready = server.get("/readyz")
+    finally:
+        exit_status = server.stop()
+    log_errors = sum(
+        1
+        for line in server.log.read_text(errors="replace").splitlines()
+        if '"level": "ERROR"' in line or line.startswith("Traceback")
+    )
+
+    checks = targets(result, warm, rss_start, rss_end, ready, exit_status, log_errors)
+    markdown = render(
+        result,
+        args,
+        machine,
+        busy,
+        hostile_source,
+        elapsed,
+        {"start": rss_start / MB, "peak": rss.peak / MB, "end": rss_end / MB},
+        ready,
+        exit_status,
+        log_errors,
+        checks,
+    )
+    print()
+    print(markdown)
+    if not args.no_write:
+        report.write_section("soak", markdown, args.out)
+        print(f"\nwrote {args.out}")
+    return 1 if any(verdict == "FAIL" for verdict, _, _ in checks) else 0
+
+
+def valid_requests(model: str, corpus: Corpus) -> list[Request]:
+    """Distinct pairs on every endpoint; verify alternates between its default and a threshold."""
+    out = []
+    for i, (a, b) in enumerate(corpus.pairs()):
+        fa, fb = corpus.files[a], corpus.files[b]
+        kind = i % 3
+        if kind == 0:
+            files = [("image_a", *fa), ("image_b", *fb)]
+            out.append(
+                build_request(
+                    "/similarity",
+                    files=files,
+                    fields=[("model", model)],
+                    label=f"{model} /similarity",
+                )
+            )
+        elif kind == 1:
+            fields = [("model", model)] + ([("threshold", "0.8")] if i % 2 else [])
+            files = [("image_a", *fa), ("image_b", *fb)]
+            out.append(
+                build_request("/verify", files=files, fields=fields, label=f"{model} /verify")
+            )
+        else:
+            out.append(
+                build_request(
+                    "/embed",
+                    files=[("image", *fa)],
+                    fields=[("model", model)],
+                    label=f"{model} /embed",
+                )
+            )
+    return out
+
+
+def fixture_cases() -> list[tuple[str, str, int]]:
+    """(file, content type, status) rows of tests/fixtures/hostile/README.md, if it is there."""
+    readme = HOSTILE_DIR / "README.md"
+    if not readme.is_file():
+        return []
+    rows = []
+    for line in readme.read_text().splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            name = cells[0].strip("`")
+            if (HOSTILE_DIR / name).is_file() and cells[2].isdigit():
+                rows.append((name, cells[1], int(cells[2])))
+    return rows
+
+
+def hostile_requests(model: str, corpus: Corpus, max_upload_bytes: int) -> list[Request]:
+    good = corpus.files[0]
+    m = [("model", model)]
+    pair = [("image_a", *good), ("image_b", *good)]
+    reqs: list[Request] = []
+
+    def post(
+        path: str,
+        label: str,
+        status: set[int],
+        files: list[tuple[str, str, str, bytes]] | None = None,
+        fields: list[tuple[str, str]] | None = None,
+    ) -> None:
+        reqs.append(
+            build_request(
+                path,
+                files=files or [],
+                fields=m if fields is None else fields,
+                label=label,
+                expect=frozenset(status),
+            )
+        )
+
+    def upload(label: str, name: str, content_type: str, data: bytes, status: set[int]) -> None:
+        part = (name, content_type, data)
+        post("/embed", f"hostile /embed {label}", status, [("image", *part)])
+        post("/similarity", f"hostile /similarity {label}", status, [("image_a", *part), pair[1]])
+
+    cases = fixture_cases()
+    for name, content_type, status in cases:
+        upload(name, name, content_type, (HOSTILE_DIR / name).read_bytes(), {status})
+    if not cases:
+        for label, name, content_type, data in generated_files(corpus):
+            upload(label, name, content_type, data, {400})
+    upload("png bomb 40000x40000", "bomb.png", "image/png", png_bomb(40_000), {413})
+
+    oversize = b"\x89PNG\r\n\x1a\n" + bytes(max_upload_bytes + 1 - 8)
+    post("/embed", "oversize", {413}, [("image", "big.png", "image/png", oversize)])
+    for value in ("NaN", "inf", "-1", "abc", ""):
+        post("/verify", f"hostile threshold {value!r}", {422}, pair, [*m, ("threshold", value)])
+    post("/similarity", "hostile unknown model", {404}, pair, [("model", "no-such-model")])
+    post("/similarity", "hostile invalid model name", {422}, pair, [("model", "../etc/passwd")])
+    post("/similarity", "hostile missing image_b", {422}, [("image_a", *good)])
+    post("/verify", "hostile no images", {422})
+    empty = raw_request(
+        "POST", "/similarity", [("Content-Type", "multipart/form-data; boundary=x")]
+    )
+    reqs.append(Request(empty, "hostile empty body", frozenset({400, 422})))
+    return reqs
+
+
+def generated_files(corpus: Corpus) -> list[tuple[str, str, str, bytes]]:
+    """Stand-ins for the fixture corpus: (label, file name, content type, bytes)."""
+    rng = random.Random(1)
+    name, _, real = corpus.files[0]
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(real)).convert("RGB").resize((64, 64)).save(buf, "PNG")
+    png = buf.getvalue()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(real)).convert("RGB").resize((64, 64)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    return [
+        ("empty", "empty.png", "image/png", b""),
+        ("text named .png", "text.png", "image/png", b"this is not an image\n" * 3),
+        ("random bytes", "random.bin", "image/jpeg", rng.randbytes(4096)),
+        ("truncated png", "cut.png", "image/png", png[: len(png) // 2]),
+        ("truncated jpeg", "cut.jpg", "image/jpeg", jpeg[: len(jpeg) // 2]),
+        ("svg", "image.svg", "image/svg+xml", svg),
+        ("html", "page.png", "image/png", b"<!doctype html><html><body>hi</body></html>"),
+    ]
+
+
+def png_bomb(side: int) -> bytes:
+    """A complete, valid side x side PNG of zeros (1-bit greyscale), built by streaming deflate
+    row by row: ~200 KB on disk for 40000x40000, 1.6 G pixels once decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = bytes(1 + (side + 7) // 8)  # filter type 0, then side bits of zero
+    z = zlib.compressobj(9)
+    idat = b"".join([*(z.compress(row) for _ in range(side)), z.flush()])
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def mix(
+    valid: dict[str, list[Request]], hostile: list[Request], count: int, rng: random.Random
+) -> list[Request]:
+    """``count`` requests: valid ones cycling through every model's pairs, hostile ones evenly
+    over their kinds (the 10 MB upload rarer), in a seeded random order."""
+    oversize = [r for r in hostile if r.label == "oversize"]
+    others = [r for r in hostile if r.label != "oversize"]
+    n_oversize = round(count * OVERSIZE_SHARE) if oversize else 0
+    n_hostile = round(count * HOSTILE_SHARE) - n_oversize
+    n_valid = count - n_hostile - n_oversize
+    pools = list(valid.values())
+    out = [
+        pools[i % len(pools)][(i // len(pools)) % len(pools[i % len(pools)])]
+        for i in range(n_valid)
+    ]
+    out += [others[i % len(others)] for i in range(n_hostile)]
+    out += [oversize[0]] * n_oversize
+    rng.shuffle(out)
+    return out
+
+
+def targets(
+    r: LoadResult,
+    warm: LoadResult,
+    rss_start: int,
+    rss_end: int,
+    ready: int | None,
+    exit_status: int | None,
+    log_errors: int,
+) -> list[tuple[str, str, str]]:
+    """(PASS|FAIL, target, numbers); 5xx, connection errors and wrong statuses of the warm-up
+    count too."""
+    checks = []
+
+    def add(ok: bool, target: str, detail: str) -> None:
+        checks.append(("PASS" if ok else "FAIL", target, detail))
+
+    statuses = r.statuses + warm.statuses
+    five = sum(n for s, n in statuses.items() if s >= 500)
+    add(
+        five == 0,
+        "no 5xx",
+        ", ".join(f"{s}: {n}" for s, n in statuses.items() if s >= 500) or "none",
+    )
+    errors = r.errors + warm.errors
+    add(
+        not errors,
+        "no dropped connections or client errors",
+        ", ".join(f"{k}: {n}" for k, n in errors.items()) or "none",
+    )
+    wrong = r.unexpected + warm.unexpected
+    add(
+        not wrong,
+        "every request got its expected status",
+        ", ".join(f"{k}: {n}" for k, n in wrong.items()) or "all as expected",
+    )
+    growth = rss_end / rss_start - 1 if rss_start else float("nan")
+    add(
+        growth < RSS_GROWTH_MAX,
+        f"RSS growth < {RSS_GROWTH_MAX:.0%}",
+        f"{rss_start / MB:.0f} MB after warm-up -> {rss_end / MB:.0f} MB ({growth:+.1%})",
+    )
+    add(ready == 200, "still ready after the soak", f"GET /readyz -> {ready}")
+    add(exit_status == 0, "graceful shutdown (SIGTERM -> exit 0)", f"exit status {exit_status}")
+    add(log_errors == 0, "no ERROR lines in the server log", f"{log_errors} ERROR lines")
+    return checks
+
+
+def render(
+    r: LoadResult,
+    args: argparse.Namespace,
+    machine: dict[str, str],
+    busy: str | None,
+    hostile_source: str,
+    elapsed: float,
+    rss_mb: dict[str, float],
+    ready: int | None,
+    exit_status: int | None,
+    log_errors: int,
+    checks: list[tuple[str, str, str]],
+) -> str:
+    out = ["## Soak (`make soak`)", ""]
+    if busy:
+        out += [f"**Warning: {busy}**", ""]
+    valid_lat = [x for k, v in r.label_latencies_s.items() if not _is_hostile(k) for x in v]
+    statuses = ", ".join(f"{s}: {n}" for s, n in sorted(r.statuses.items()))
+    out += [
+        report.machine_lines(machine),
+        "",
+        f"{r.responses} requests answered of {args.requests} sent, concurrency "
+        f"{args.concurrency}, after {args.warmup_requests} warm-up requests, in {elapsed:.0f} s "
+        f"({r.responses / max(elapsed, 1e-9):.0f} requests/s). Hostile corpus: {hostile_source}.",
+        "",
+        f"- status codes: {statuses}",
+        f"- dropped connections / client errors: {sum(r.errors.values())}",
+        f"- latency, all requests: p50 {r.percentile_ms(50):.1f} ms, p99 "
+        f"{r.percentile_ms(99):.1f} ms, max {1000 * max(r.latencies_s, default=0):.0f} ms",
+        f"- latency, valid requests: p50 {1000 * percentile(valid_lat, 50):.1f} ms, p99 "
+        f"{1000 * percentile(valid_lat, 99):.1f} ms",
+        f"- server RSS: {rss_mb['start']:.0f} MB after warm-up, peak {rss_mb['peak']:.0f} MB, "
+        f"{rss_mb['end']:.0f} MB at the end",
+        f"- after the soak: /readyz {ready}, exit status on SIGTERM {exit_status}, "
+        f"{log_errors} ERROR lines in the server log",
+        "",
+    ]
+    rows = []
+    for label in sorted(r.by_label, key=lambda k: (_is_hostile(k), k)):
+        counts: Counter[int] = r.by_label[label]
+        lat = r.label_latencies_s.get(label, [])
+        rows.append(
+            [
+                label,
+                sum(counts.values()),
+                ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())),
+                r.unexpected.get(label, 0),
+                1000 * percentile(lat, 99),
+            ]
+        )
+    out += [report.table(["request", "sent", "statuses", "unexpected", "p99 ms"], rows), ""]
+    out += ["Targets:", "", "```"]
+    out += [f"{v:<4}  {target}: {detail}" for v, target, detail in checks]
+    out += ["```"]
+    return "\n".join(out)
+
+
+def _is_hostile(label: str) -> bool:
+    return label.startswith("hostile") or label == "oversize"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

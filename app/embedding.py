@@ -47,40 +47,48 @@ class Embedder:
         assert model.batcher is not None, "model is not being served"
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.request_timeout_s
-        version = model.card.version
-        digests = await loop.run_in_executor(self.pool, _sha256_all, list(blobs))
+        # Hashing, cache look-ups and decoding go to the pool in as few hand-offs as possible:
+        # each hop costs the event loop about as much as a small model's forward pass.
+        chunk = max(2, -(-len(blobs) // self.settings.decode_threads))
+        jobs = [
+            loop.run_in_executor(self.pool, self._prepare, model, blobs[i : i + chunk])
+            for i in range(0, len(blobs), chunk)
+        ]
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+                prepared = [p for job in await asyncio.gather(*jobs) for p in job]
+        except TimeoutError:
+            raise DeadlineExceeded("decoding did not finish in time; retry later") from None
 
-        results: list[torch.Tensor | ImageError | None] = [None] * len(blobs)
-        missing: dict[str, list[int]] = {}  # digest -> positions; a repeated image runs once
-        for i, digest in enumerate(digests):
-            if digest in missing:
-                missing[digest].append(i)
+        results: list[torch.Tensor | ImageError] = []
+        todo: dict[str, torch.Tensor] = {}  # digest -> decoded image; a repeated image runs once
+        for digest, value, is_image in prepared:
+            if is_image:
+                todo.setdefault(digest, value)
+        fresh: dict[str, torch.Tensor] = {}
+        if todo:
+            embs = await model.batcher.embed_many(list(todo.values()), deadline)
+            fresh = dict(zip(todo, embs, strict=True))
+            for digest, emb in fresh.items():
+                self.cache.put((model.card.version, digest), emb)
+        for digest, value, is_image in prepared:
+            results.append(fresh[digest] if is_image else value)
+        return results
+
+    def _prepare(
+        self, model: ServedModel, blobs: Sequence[bytes]
+    ) -> list[tuple[str, torch.Tensor | ImageError, bool]]:
+        """Per blob: (sha256, cached embedding | decoded uint8 image | ImageError, is_image)."""
+        out: list[tuple[str, torch.Tensor | ImageError, bool]] = []
+        for data in blobs:
+            digest = hashlib.sha256(data).hexdigest()
+            cached = self.cache.get((model.card.version, digest), model.name)
+            if cached is not None:
+                out.append((digest, cached, False))
                 continue
-            cached = self.cache.get((version, digest), model.name)
-            if cached is None:
-                missing[digest] = [i]
-            else:
-                results[i] = cached
-
-        if missing:
-            decodes = [
-                loop.run_in_executor(self.pool, self._decode, model, blobs[positions[0]])
-                for positions in missing.values()
-            ]
-            try:
-                async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
-                    decoded = dict(zip(missing, await asyncio.gather(*decodes), strict=True))
-            except TimeoutError:
-                raise DeadlineExceeded("decoding did not finish in time; retry later") from None
-            good = [d for d, x in decoded.items() if isinstance(x, torch.Tensor)]
-            embs = await model.batcher.embed_many([decoded[d] for d in good], deadline)
-            for digest, emb in zip(good, embs, strict=True):
-                self.cache.put((version, digest), emb)
-                decoded[digest] = emb
-            for digest, positions in missing.items():
-                for i in positions:
-                    results[i] = decoded[digest]
-        return results  # type: ignore[return-value]  # every slot is filled
+            decoded = self._decode(model, data)
+            out.append((digest, decoded, isinstance(decoded, torch.Tensor)))
+        return out
 
     def _decode(self, model: ServedModel, data: bytes) -> torch.Tensor | ImageError:
         started = time.perf_counter()
@@ -92,10 +100,6 @@ class Embedder:
             return e
         finally:
             self.metrics.decode_seconds.labels(model.name).observe(time.perf_counter() - started)
-
-
-def _sha256_all(blobs: list[bytes]) -> list[str]:
-    return [hashlib.sha256(b).hexdigest() for b in blobs]
 
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,9 @@ def test_evaluate_cli_reports_seen_and_unseen(tmp_path, capsys):
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_agree_on_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # torchrun's static rendezvous needs a real port, not 0
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [
         sys.executable,
         "-m",
@@ -239,7 +243,7 @@ def test_ddp_two_cpu_ranks_agree_on_weights(tmp_path):
         "--nproc-per-node",
         "2",
         "--master-port",
-        "0",
+        str(port),
         "-m",
         "training.train",
         "--dataset",
@@ -270,3 +274,17 @@ def test_ddp_two_cpu_ranks_agree_on_weights(tmp_path):
     digests = [(tmp_path / "run" / f"weights-rank{r}.sha256").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
     assert artifact.load(tmp_path / "model").card.training["batch_size"] == 32
+
+
+def test_flip_tta_makes_the_exported_embedding_mirror_invariant():
+    torch.manual_seed(0)
+    kw = dict(channels=3, height=16, width=16, embedding_dim=8, widths=[8], mean=[0.5] * 3)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    for shift in (0, 1):
+        tower = build_tower(
+            "convnet", **kw, std=[0.25] * 3, normalize=True, flip_tta=True, shift_tta=shift
+        )
+        tower.eval()
+        torch.testing.assert_close(tower(x), tower(x.flip(-1)), rtol=1e-4, atol=1e-5)
+    plain = build_tower("convnet", **kw, std=[0.25] * 3, normalize=True, flip_tta=False).eval()
+    assert not torch.allclose(plain(x), plain(x.flip(-1)), atol=1e-3)

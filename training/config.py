@@ -37,11 +37,10 @@ class TrainConfig:
     embedding_dim: int = 64  # D of the exported embedding
     normalize: bool = True  # L2-normalise embeddings (distance^2 = 2 - 2 cos)
     flip_tta: bool = False  # exported module averages the image and its mirror
+    shift_tta: int = 0  # ...and copies shifted diagonally by +-N px (0 = off)
     # objective
     loss: str = "cosface"  # one of training.losses.LOSSES
-    margin: float = (
-        0.35  # contrastive/triplet: distance margin; cosface: cosine margin; arcface: deg
-    )
+    margin: float | None = None  # None: the loss's own default (losses.DEFAULT_MARGINS)
     scale: float = 30.0  # cosface/arcface logit scale
     temperature: float = 0.1  # supcon
     m_per_class: int = 0  # >0: batches hold m images of each sampled class (PML MPerClassSampler)
@@ -164,8 +163,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> TrainCon
         elif typing.get_origin(t) is list:
             (inner,) = typing.get_args(t)
             kw.update(type=inner, nargs="*")
-        elif isinstance(t, types.UnionType):
-            kw.update(type=str)
+        elif isinstance(t, types.UnionType):  # X | None: parse as X
+            (inner,) = [a for a in typing.get_args(t) if a is not type(None)]
+            kw.update(type=inner)
         else:
             kw.update(type=t)
         if f.name == "preset":

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,15 @@ LOSSES = (
     "cosface",
     "arcface",
 )
+# Margins from each loss's paper: contrastive (Hadsell, Chopra & LeCun 2006, m = 1 on unit
+# vectors), triplet (FaceNet, 0.2), CosFace (0.35), ArcFace (0.5 rad = 28.6 degrees, PML's unit).
+DEFAULT_MARGINS = {
+    "contrastive": 1.0,
+    "triplet-batch-hard": 0.2,
+    "triplet-semi-hard": 0.2,
+    "cosface": 0.35,
+    "arcface": 28.6,
+}
 # Losses that learn per-class weights: the batch sampler need not put m images of a class together.
 CLASSIFIER_LOSSES = {"cosface", "arcface"}
 
@@ -32,7 +42,8 @@ CLASSIFIER_LOSSES = {"cosface", "arcface"}
 @dataclass
 class LossSpec:
     name: str
-    margin: float  # contrastive/triplet margin in distance units; cosface cosine margin
+    margin: float | None  # distance margin (contrastive, triplet), cosine (cosface), degrees
+    # (arcface); None: DEFAULT_MARGINS
     scale: float  # softmax scale for cosface/arcface
     temperature: float  # supcon
     normalized: bool  # whether the tower L2-normalises (distances then live in [0, 2])
@@ -54,6 +65,8 @@ class MetricLoss(nn.Module):
 def build_loss(spec: LossSpec, num_classes: int, embedding_dim: int) -> MetricLoss:
     dist = distances.LpDistance(normalize_embeddings=spec.normalized)
     name = spec.name
+    if spec.margin is None and name in DEFAULT_MARGINS:
+        spec = dataclasses.replace(spec, margin=DEFAULT_MARGINS[name])
     if name == "contrastive":
         return MetricLoss(
             losses.ContrastiveLoss(pos_margin=0.0, neg_margin=spec.margin, distance=dist), None

@@ -28,6 +28,7 @@ class Tower(nn.Module):
         std: list[float],
         normalize: bool,
         flip_tta: bool = False,
+        shift_tta: int = 0,
     ) -> None:
         super().__init__()
         c = len(mean)
@@ -36,7 +37,10 @@ class Tower(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(features, embedding_dim)
         self.normalize = normalize
-        self.flip_tta = flip_tta  # only applied in eval: mean of the image and its mirror
+        # Test-time augmentation, in eval only: the embedding is the mean over the image, its
+        # mirror (flip_tta) and copies shifted diagonally by +-shift_tta px (reflect-padded).
+        self.flip_tta = flip_tta
+        self.shift_tta = shift_tta
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self.mean) * self.inv_std  # (N, C, H, W), standardised
@@ -44,9 +48,20 @@ class Tower(nn.Module):
         return self.head(self.backbone(x))  # (N, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.embed(x)
-        if self.flip_tta and not self.training:
-            z = z + self.embed(x.flip(-1))
+        if self.training or (not self.flip_tta and self.shift_tta == 0):
+            z = self.embed(x)
+        else:
+            n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+            views = [x.float()]
+            if self.flip_tta:
+                views.append(views[0].flip(-1))
+            if self.shift_tta > 0:
+                s = self.shift_tta
+                padded = F.pad(torch.cat(views), (s, s, s, s), mode="reflect")
+                views.append(padded[..., :h, :w])
+                views.append(padded[..., 2 * s : 2 * s + h, 2 * s : 2 * s + w])
+            z = self.embed(torch.cat(views))  # (views * N, D), one forward pass for all views
+            z = z.view(-1, n, z.shape[1]).sum(0)  # (N, D)
         if self.normalize:
             z = F.normalize(z, dim=1)
         return z
@@ -118,13 +133,28 @@ def build_tower(
     std: list[float],
     normalize: bool,
     flip_tta: bool,
+    shift_tta: int = 0,
 ) -> Tower:
     if arch == "seed":
         return Tower(
-            SeedConvNet(channels, height, width), 256, embedding_dim, mean, std, normalize, flip_tta
+            SeedConvNet(channels, height, width),
+            256,
+            embedding_dim,
+            mean,
+            std,
+            normalize,
+            flip_tta,
+            shift_tta,
         )
     if arch == "convnet":
         return Tower(
-            ConvGroups(channels, widths), widths[-1], embedding_dim, mean, std, normalize, flip_tta
+            ConvGroups(channels, widths),
+            widths[-1],
+            embedding_dim,
+            mean,
+            std,
+            normalize,
+            flip_tta,
+            shift_tta,
         )
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

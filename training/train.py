@@ -216,6 +216,7 @@ def train(cfg: TrainConfig) -> dict:
         std=std,
         normalize=cfg.normalize,
         flip_tta=cfg.flip_tta,
+        shift_tta=cfg.shift_tta,
     )
     spec = LossSpec(cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize)
     if cfg.loss in CLASSIFIER_LOSSES and not cfg.normalize:

@@ -26,22 +26,24 @@ def not_ready_reason(request: Request) -> str | None:
     return None
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are async on purpose: FastAPI runs a plain `def` dependency in a worker thread,
+# a hand-off per dependency per request for what is an attribute read.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     reason = not_ready_reason(request)
     if reason is not None:
         raise HTTPException(503, detail=f"not ready: {reason}", headers={"Retry-After": "5"})
     return request.app.state.registry
 
 
-def get_embedder(request: Request) -> Embedder:
+async def get_embedder(request: Request) -> Embedder:
     return request.app.state.embedder
 
 

@@ -7,6 +7,7 @@ the id too, so a client's report can be matched to the server's lines.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -78,7 +79,13 @@ def clean_request_id(value: str | None) -> str:
     """The client's id if it is safe to echo and log, else a new one."""
     if value and _SAFE_REQUEST_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+# Request ids: a random per-process prefix and a counter. Unique across workers and restarts,
+# and far cheaper than uuid4() (a getrandom() call on every request showed in profiles).
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ID_COUNTER = itertools.count(1)
 
 
 class RequestContextMiddleware:

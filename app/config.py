@@ -9,6 +9,7 @@ instead of touching the environment.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,10 +37,12 @@ class Settings(BaseSettings):
     queue_max: int = Field(256, gt=0)  # images waiting; beyond it 503 + Retry-After
     request_timeout_s: float = Field(10.0, gt=0)  # decode + queue + inference; then 503
 
-    # Threads. Measured: torch's default (one intra-op thread per core) fights the uvicorn worker
-    # and the load generator for the 2 cores of the target machine and collapses throughput;
-    # one thread per forward pass, and more workers for more cores, is faster.
-    torch_threads: int = Field(1, gt=0)
+    # Intra-op threads of each model's forward pass; 0 = cores / workers. Only the batcher
+    # thread runs the model, so its threads do not fight each other; on 2 cores (benchmarks/
+    # RESULTS.md) 2 threads serve the cifar10 tower 1.6x faster than 1, and the small mnist
+    # tower, bound by HTTP work, equally fast. The naive per-request server instead collapses
+    # at torch's default when requests overlap.
+    torch_threads: int = Field(0, ge=0)
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
 
@@ -74,6 +77,11 @@ class Settings(BaseSettings):
                 f"queue_max ({self.queue_max}) must be >= {largest}, the largest request"
             )
         return self
+
+    def effective_torch_threads(self) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys: a JSON list, a file with one key per line, or comma-separated."""

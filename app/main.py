@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.phase = "starting"
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.effective_torch_threads())
         # Pillow only warns between 1x and 2x its own pixel limit; make that an error, which
         # app.images reports as 413 (its own, lower max_image_pixels check comes first anyway).
         warnings.simplefilter("error", Image.DecompressionBombWarning)

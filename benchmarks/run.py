@@ -290,7 +290,8 @@ def service_env(store: Path, args: argparse.Namespace, **settings: str) -> dict[
 
 
 def service_threads(env: dict[str, str]) -> str:
-    return env.get("IMGSIM_TORCH_THREADS", str(Settings.model_fields["torch_threads"].default))
+    threads = int(env.get("IMGSIM_TORCH_THREADS", Settings.model_fields["torch_threads"].default))
+    return str(Settings(torch_threads=threads).effective_torch_threads())
 
 
 def one_model_store(model_dir: Path, tmp: Path) -> Path:

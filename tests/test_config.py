@@ -17,7 +17,7 @@ def test_defaults(monkeypatch):
     s = Settings()
     assert s.model_store == Path("model_store") and s.default_model is None
     assert s.max_upload_bytes == 10 * 1024 * 1024 and s.max_image_pixels == 40_000_000
-    assert s.torch_threads == 1 and s.workers == 1 and s.log_json is True
+    assert s.torch_threads == 0 and s.workers == 1 and s.log_json is True
     assert s.api_key_set() == frozenset() and s.cors_origins == []
 
 
@@ -54,3 +54,12 @@ def test_nonsense_is_refused(field, value):
 def test_the_queue_must_hold_the_largest_request():
     with pytest.raises(ValidationError, match="queue_max"):
         Settings(queue_max=32, max_matrix_images=64)
+
+
+def test_torch_threads_default_to_cores_per_worker():
+    import os
+
+    cores = os.cpu_count() or 1
+    assert Settings(workers=1).effective_torch_threads() == cores
+    assert Settings(workers=cores * 2).effective_torch_threads() == 1
+    assert Settings(torch_threads=3, workers=2).effective_torch_threads() == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 from types import FrameType
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         # In-flight requests get their own deadline plus a margin, then are cancelled.
         "timeout_graceful_shutdown": math.ceil(settings.request_timeout_s) + 5,
     }
+    # Worker processes build their Settings from the environment: tell them how many there
+    # are, so each takes its share of the cores for torch (Settings.effective_torch_threads).
+    os.environ["IMGSIM_WORKERS"] = str(args.workers)
     try:
         if args.workers > 1:
             # Each worker process builds its own app (and loads every model) from IMGSIM_*.

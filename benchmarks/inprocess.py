@@ -81,41 +81,14 @@ def training_throughput(
     """
     from training.config import TrainConfig
     from training.data import augment
-    from training.losses import LossSpec, build_loss
-    from training.nets import build_tower
-    from training.train import DATA_STATS, TrainModel
+    from training.train import DATA_STATS, build_model
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in card.training.items() if k in known})
     c, h, w = _chw(card)
     mean, std = DATA_STATS.get(cfg.dataset, ([0.5] * c, [0.25] * c))
-    tower = build_tower(
-        cfg.arch,
-        channels=c,
-        height=h,
-        width=w,
-        embedding_dim=card.embedding_dim,
-        widths=cfg.widths,
-        mean=mean,
-        std=std,
-        normalize=cfg.normalize,
-        flip_tta=cfg.flip_tta,
-    )
-    spec = LossSpec(cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize)
-    model = TrainModel(tower, build_loss(spec, len(card.classes), card.embedding_dim))
-    model = model.to(memory_format=torch.channels_last).train()
-    if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
-    else:
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr,
-            momentum=0.9,
-            nesterov=True,
-            weight_decay=cfg.weight_decay,
-        )
+    model, opt = build_model(cfg, (c, h, w), len(card.classes), mean, std)
+    model.train()
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch, c, h, w), dtype=torch.uint8, generator=g)  # (B, C, H, W)

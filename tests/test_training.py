@@ -143,8 +143,8 @@ def test_presets_and_flags(tmp_path):
         parse_args(["--loss", "nonsense"])
 
 
-def _train_small(tmp_path: Path, *extra: str) -> Path:
-    out = tmp_path / "model"
+def _train_small(tmp_path: Path, *extra: str, out_name: str = "model") -> Path:
+    out = tmp_path / out_name
     code = main(
         [
             "--dataset",
@@ -212,10 +212,12 @@ def test_short_training_run_exports_a_model_the_service_loads(tmp_path):
         assert 0 <= body["similarity"] <= 1 and body["distance"] > 0
 
     # --resume from the epoch-3 checkpoint with more epochs continues rather than restarting
-    out2 = _train_small(tmp_path, "--epochs", "4", "--resume", "--out", str(tmp_path / "model2"))
+    out2 = _train_small(tmp_path, "--epochs", "4", "--resume", out_name="model2")
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
-    assert artifact.load(out2).card.training["resume"] is True
+    card2 = artifact.load(out2).card
+    assert card2.training["resume"] is True and card2.training["epochs"] == 4
+    assert card2.version != card.version  # a 4th epoch changed the weights
 
 
 @pytest.mark.slow

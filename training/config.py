@@ -68,71 +68,28 @@ class TrainConfig:
         }
 
 
+# The classic Siamese recipe (2-D embedding, contrastive margin 5, plain conv stack), as the
+# seed tutorials train it: the reference the shipped models are measured against.
+_SEED = dict(
+    arch="seed", embedding_dim=2, normalize=False, loss="contrastive", margin=5.0,
+    optimizer="adamw", lr=5e-4, warmup=0.0, weight_decay=0.0, batch_size=128, translate=0,
+    m_per_class=0,
+)  # fmt: skip
+# Shipped recipes: additive-margin softmax (CosFace) on L2-normalised embeddings, SGD.
+_COSFACE = dict(arch="convnet", loss="cosface", scale=30.0, batch_size=256, lr=0.05, translate=2)
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The classic Siamese recipe (2-D embedding, contrastive margin 5, plain conv stack), as the
-    # seed tutorials train it: the reference the shipped models are measured against.
-    "seed-mnist": dict(
-        dataset="mnist",
-        arch="seed",
-        embedding_dim=2,
-        normalize=False,
-        loss="contrastive",
-        margin=5.0,
-        optimizer="adamw",
-        lr=5e-4,
-        warmup=0.0,
-        weight_decay=0.0,
-        epochs=10,
-        batch_size=128,
-        translate=0,
-        m_per_class=0,
-    ),
-    "seed-cifar": dict(
-        dataset="cifar10",
-        arch="seed",
-        embedding_dim=2,
-        normalize=False,
-        loss="contrastive",
-        margin=5.0,
-        optimizer="adamw",
-        lr=5e-4,
-        warmup=0.0,
-        weight_decay=0.0,
-        epochs=5,
-        batch_size=128,
-        translate=0,
-        m_per_class=0,
-    ),
-    # Shipped recipes: additive-margin softmax on L2-normalised embeddings (see README table).
-    "mnist": dict(
-        dataset="mnist",
-        arch="convnet",
-        widths=[32, 64, 128],
-        embedding_dim=64,
-        loss="cosface",
-        margin=0.35,
-        scale=30.0,
-        epochs=4,
-        batch_size=256,
-        lr=0.05,
-        translate=2,
-    ),
-    "cifar10": dict(
-        dataset="cifar10",
-        arch="convnet",
-        widths=[64, 256, 256],
-        embedding_dim=128,
-        loss="cosface",
-        margin=0.25,
-        scale=30.0,
-        epochs=12,
-        batch_size=256,
-        lr=0.05,
-        translate=2,
-        flip=True,
-        flip_tta=True,
-    ),
-}
+    "seed-mnist": {**_SEED, "dataset": "mnist", "epochs": 10},
+    "seed-cifar": {**_SEED, "dataset": "cifar10", "epochs": 5},
+    "mnist": {
+        **_COSFACE, "dataset": "mnist", "widths": [32, 64, 128], "embedding_dim": 64,
+        "margin": 0.35, "epochs": 4,
+    },
+    "cifar10": {
+        **_COSFACE, "dataset": "cifar10", "widths": [64, 256, 256], "embedding_dim": 128,
+        "margin": 0.25, "epochs": 12, "flip": True, "flip_tta": True,
+    },
+}  # fmt: skip
 
 
 def _parse_bool(s: str) -> bool:

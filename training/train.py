@@ -57,6 +57,45 @@ class TrainModel(nn.Module):
         return self.loss(self.tower(x), y)
 
 
+def build_model(
+    cfg: TrainConfig,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    mean: list[float],
+    std: list[float],
+) -> tuple[TrainModel, torch.optim.Optimizer]:
+    """Tower + loss (channels_last) and their optimiser, exactly as the recipe in ``cfg`` says."""
+    c, h, w = shape
+    tower = build_tower(
+        cfg.arch,
+        channels=c,
+        height=h,
+        width=w,
+        embedding_dim=cfg.embedding_dim,
+        widths=cfg.widths,
+        mean=mean,
+        std=std,
+        normalize=cfg.normalize,
+        flip_tta=cfg.flip_tta,
+        shift_tta=cfg.shift_tta,
+    )
+    if cfg.loss in CLASSIFIER_LOSSES and not cfg.normalize:
+        raise SystemExit(f"--loss {cfg.loss} needs --normalize true (it works on the unit sphere)")
+    spec = LossSpec(cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize)
+    model = TrainModel(tower, build_loss(spec, num_classes, cfg.embedding_dim))
+    model = model.to(memory_format=torch.channels_last)
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    return model, opt
+
+
 def pick_device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -205,36 +244,9 @@ def train(cfg: TrainConfig) -> dict:
         train_split = train_split.subset(keep[: cfg.max_train_images].sort().values)
     c, h, w = bundle.shape
     mean, std = channel_stats(cfg.dataset, train_split.images)
-    tower = build_tower(
-        cfg.arch,
-        channels=c,
-        height=h,
-        width=w,
-        embedding_dim=cfg.embedding_dim,
-        widths=cfg.widths,
-        mean=mean,
-        std=std,
-        normalize=cfg.normalize,
-        flip_tta=cfg.flip_tta,
-        shift_tta=cfg.shift_tta,
-    )
-    spec = LossSpec(cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize)
-    if cfg.loss in CLASSIFIER_LOSSES and not cfg.normalize:
-        raise SystemExit(f"--loss {cfg.loss} needs --normalize true (it works on the unit sphere)")
-    model = TrainModel(tower, build_loss(spec, len(bundle.classes), cfg.embedding_dim)).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr,
-            momentum=0.9,
-            nesterov=True,
-            weight_decay=cfg.weight_decay,
-        )
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    model, opt = build_model(cfg, (c, h, w), len(bundle.classes), mean, std)
+    model = model.to(device)
+    tower = model.tower
     steps_per_epoch = len(epoch_batches(train_split.labels, cfg, 0, rank, world))
     if steps_per_epoch == 0:
         raise SystemExit(

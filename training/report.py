@@ -12,14 +12,20 @@ from pathlib import Path
 from app import artifact
 
 
-def row(model_dir: Path) -> str:
-    card = artifact.read_card(model_dir)
+def row(path: Path) -> str:
+    """One table row from a model directory or a bare model card (.json)."""
+    if path.suffix == ".json":
+        card = artifact.ModelCard.model_validate_json(path.read_text())
+        weights = path.with_suffix(".pt")
+    else:
+        card = artifact.read_card(path)
+        weights = path / artifact.MODEL_FILE
     m, t = card.metrics, card.metrics.get("test", {})
     cfg = card.training
     recipe = cfg.get("preset") or f"{cfg.get('arch')}/{cfg.get('loss')}"
-    size_mb = (model_dir / artifact.MODEL_FILE).stat().st_size / 2**20
+    size = f"{weights.stat().st_size / 2**20:.1f} MB" if weights.is_file() else "-"
     cells = [
-        card.name,
+        path.stem if path.suffix == ".json" else card.name,  # a kept card is named by its file
         card.dataset,
         recipe,
         f"{card.embedding_dim}",
@@ -31,7 +37,7 @@ def row(model_dir: Path) -> str:
         f"{t.get('precision_at_1', float('nan')):.4f}",
         f"{t.get('map_at_r', float('nan')):.4f}",
         f"{m.get('train_seconds', 0) / 60:.1f} min",
-        f"{size_mb:.1f} MB",
+        size,
     ]
     for key in ("test_seen", "test_unseen"):
         if key in m:

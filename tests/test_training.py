@@ -143,39 +143,20 @@ def test_presets_and_flags(tmp_path):
         parse_args(["--loss", "nonsense"])
 
 
+def _small_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    """A tiny real run on the committed fixture digits: 8/16-wide net, 16-d embedding."""
+    return [
+        *("--dataset", f"folder:{MNIST_SMALL}", "--channels", "1", "--image-size", "28"),
+        *("--out", str(out), "--run-dir", str(tmp_path / "run")),
+        *("--widths", "8", "16", "--embedding-dim", "16", "--batch-size", "64", "--epochs", "3"),
+        *("--lr", "0.05", "--plots", "false", "--threads", "1"),
+        *extra,
+    ]
+
+
 def _train_small(tmp_path: Path, *extra: str, out_name: str = "model") -> Path:
     out = tmp_path / out_name
-    code = main(
-        [
-            "--dataset",
-            f"folder:{MNIST_SMALL}",
-            "--channels",
-            "1",
-            "--image-size",
-            "28",
-            "--out",
-            str(out),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--widths",
-            "8",
-            "16",
-            "--embedding-dim",
-            "16",
-            "--batch-size",
-            "64",
-            "--epochs",
-            "3",
-            "--lr",
-            "0.05",
-            "--plots",
-            "false",
-            "--threads",
-            "1",
-            *extra,
-        ]
-    )
-    assert code == 0
+    assert main(_small_args(tmp_path, out, *extra)) == 0
     return out
 
 
@@ -239,38 +220,9 @@ def test_ddp_two_cpu_ranks_agree_on_weights(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(port),
-        "-m",
-        "training.train",
-        "--dataset",
-        f"folder:{MNIST_SMALL}",
-        "--channels",
-        "1",
-        "--image-size",
-        "28",
-        "--out",
-        str(tmp_path / "model"),
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--widths",
-        "8",
-        "16",
-        "--embedding-dim",
-        "16",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "1",
-        "--plots",
-        "false",
-        "--threads",
-        "1",
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
+        *("--master-port", str(port), "-m", "training.train"),
+        *_small_args(tmp_path, tmp_path / "model", "--batch-size", "32", "--epochs", "1"),
     ]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=240, capture_output=True)
     digests = [(tmp_path / "run" / f"weights-rank{r}.sha256").read_text() for r in (0, 1)]

@@ -136,25 +136,10 @@ def build_tower(
     shift_tta: int = 0,
 ) -> Tower:
     if arch == "seed":
-        return Tower(
-            SeedConvNet(channels, height, width),
-            256,
-            embedding_dim,
-            mean,
-            std,
-            normalize,
-            flip_tta,
-            shift_tta,
-        )
-    if arch == "convnet":
-        return Tower(
-            ConvGroups(channels, widths),
-            widths[-1],
-            embedding_dim,
-            mean,
-            std,
-            normalize,
-            flip_tta,
-            shift_tta,
-        )
-    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        backbone: nn.Module = SeedConvNet(channels, height, width)
+        features = 256
+    elif arch == "convnet":
+        backbone, features = ConvGroups(channels, widths), widths[-1]
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return Tower(backbone, features, embedding_dim, mean, std, normalize, flip_tta, shift_tta)

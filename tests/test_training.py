@@ -242,3 +242,61 @@ def test_flip_tta_makes_the_exported_embedding_mirror_invariant():
         torch.testing.assert_close(tower(x), tower(x.flip(-1)), rtol=1e-4, atol=1e-5)
     plain = build_tower("convnet", **kw, std=[0.25] * 3, normalize=True, flip_tta=False).eval()
     assert not torch.allclose(plain(x), plain(x.flip(-1)), atol=1e-3)
+
+
+def test_whitening_stem_decorrelates_image_patches():
+    from training.nets import WhitenedConvGroups
+
+    g = torch.Generator().manual_seed(0)
+    # Smooth images (neighbouring pixels strongly correlated, as in photos) plus a little noise.
+    coarse = torch.rand(200, 3, 5, 5, generator=g)
+    x = torch.nn.functional.interpolate(coarse, size=16, mode="bilinear")
+    x = (x + 0.2 * torch.rand(200, 3, 16, 16, generator=g) - 0.6) / 0.3
+    net = WhitenedConvGroups(3, [8])
+    net.init_whitening(x)
+    out = torch.nn.functional.conv2d(x, net.whiten.weight)[:, :12]  # (N, 12, 15, 15), no bias
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = flat.T @ flat / len(flat)
+    torch.testing.assert_close(cov, torch.eye(12, dtype=torch.double), atol=0.03, rtol=0)
+    raw = torch.nn.functional.unfold(x, 2).transpose(1, 2).reshape(-1, 12).double()
+    assert (raw.T @ raw / len(raw) - torch.eye(12, dtype=torch.double)).abs().max() > 0.5
+    assert not net.whiten.weight.requires_grad  # frozen: only its bias ever learns
+
+
+def test_whitening_bias_schedule_stops_after_its_epochs():
+    from training.train import lr_lambdas
+
+    cfg = parse_args(["--preset", "cifar10", "--epochs", "10", "--whiten-bias-epochs", "3"])
+    weights, shifts, whiten_bias = lr_lambdas(cfg, steps_per_epoch=40)
+    assert whiten_bias(3 * 40 - 1) == weights(3 * 40 - 1) > 0
+    assert whiten_bias(3 * 40) == 0 and weights(3 * 40) > 0 and shifts(3 * 40) > 0
+
+
+def test_reflect_padding_shifts_in_the_mirrored_border_not_zeros():
+    x = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)  # no zero pixel anywhere
+    g = torch.Generator().manual_seed(0)
+    assert (augment(x, translate=2, flip=False, generator=g) == 0).any()  # zero fill
+    g = torch.Generator().manual_seed(0)
+    y = augment(x, translate=2, flip=False, generator=g, pad="reflect")
+    assert not (y == 0).any() and (y != x).any(dim=(1, 2, 3)).sum() > 32
+
+
+@pytest.mark.slow
+def test_airbench_recipe_trains_and_exports_the_lookahead_weights(tmp_path):
+    out = _train_small(
+        tmp_path,
+        *("--arch", "airbench", "--embedding-dim", "16", "--loss", "softmax", "--scale", "0.11"),
+        *("--label-smoothing", "0.2", "--lr", "1.5", "--momentum", "0.85", "--lookahead"),
+        *("--bias-lr-scale", "64", "--weight-decay", "0.0013", "--whiten-bias-epochs", "1"),
+        *("--pad", "reflect", "--flip", "--flip-tta"),
+    )
+    card = artifact.load(out).card
+    assert card.embedding_dim == 16 and card.training["arch"] == "airbench"
+    assert card.metrics["test"]["roc_auc"] > 0.6  # 3 epochs on 200 images: well above chance
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    # the last step makes the weights the slow average: model and lookahead state agree
+    for key, value in ckpt["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, ckpt["lookahead"][key], rtol=0, atol=0)
+    with pytest.raises(SystemExit, match="--embedding-dim 16"):  # no head: D is the features
+        main(_small_args(tmp_path, tmp_path / "bad", "--arch", "airbench", "--embedding-dim", "8"))

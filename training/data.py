@@ -232,9 +232,15 @@ def load_dataset(
 
 
 def augment(
-    x: torch.Tensor, *, translate: int, flip: bool, generator: torch.Generator
+    x: torch.Tensor,
+    *,
+    translate: int,
+    flip: bool,
+    generator: torch.Generator,
+    pad: str = "zeros",
 ) -> torch.Tensor:
-    """Random translation by up to ``translate`` px (zero fill) and horizontal flips, per image.
+    """Random translation by up to ``translate`` px and horizontal flips, per image. Shifted-in
+    pixels are zeros (digits on black) or the mirrored border (``pad="reflect"``, photos).
 
     (B, C, H, W) uint8 in, same out. Whole-batch ops grouped by shift: at most (2t+1)^2 groups.
     """
@@ -244,7 +250,12 @@ def augment(
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     if translate > 0:
         t = translate
-        padded = torch.nn.functional.pad(x, (t, t, t, t))
+        if pad == "reflect":  # reflect-pad has no uint8 kernel; the values stay exact in float
+            padded = torch.nn.functional.pad(x.float(), (t, t, t, t), mode="reflect").to(x.dtype)
+        elif pad == "zeros":
+            padded = torch.nn.functional.pad(x, (t, t, t, t))
+        else:
+            raise ValueError(f"pad must be zeros or reflect, not {pad!r}")
         shifts = torch.randint(0, 2 * t + 1, (b, 2), generator=generator)
         out = torch.empty_like(x)
         codes = shifts[:, 0] * (2 * t + 1) + shifts[:, 1]

@@ -6,6 +6,9 @@
 - supcon: supervised contrastive (Khosla et al. 2020)
 - cosface / arcface: additive-margin softmax on L2-normalised embeddings; they hold a class-centre
   matrix of their own, so their parameters must be optimised with the tower's.
+- softmax: airbench's classifier, label-smoothed cross-entropy over a bias-free linear layer
+  scaled by ``scale``, on the *un-normalised* embedding (the tower normalises only for
+  verification). PML has no label smoothing, so this one is plain torch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ LOSSES = (
     "supcon",
     "cosface",
     "arcface",
+    "softmax",
 )
 # Margins from each loss's paper: contrastive (Hadsell, Chopra & LeCun 2006, m = 1 on unit
 # vectors), triplet (FaceNet, 0.2), CosFace (0.35), ArcFace (0.5 rad = 28.6 degrees, PML's unit).
@@ -36,7 +40,9 @@ DEFAULT_MARGINS = {
     "arcface": 28.6,
 }
 # Losses that learn per-class weights: the batch sampler need not put m images of a class together.
-CLASSIFIER_LOSSES = {"cosface", "arcface"}
+CLASSIFIER_LOSSES = {"cosface", "arcface", "softmax"}
+# Losses that read the embedding before L2 normalisation.
+RAW_EMBEDDING_LOSSES = {"softmax"}
 
 
 @dataclass
@@ -47,6 +53,23 @@ class LossSpec:
     scale: float  # softmax scale for cosface/arcface
     temperature: float  # supcon
     normalized: bool  # whether the tower L2-normalises (distances then live in [0, 2])
+    label_smoothing: float = 0.0  # softmax
+
+
+class SmoothedSoftmaxLoss(nn.Module):
+    """Cross-entropy with label smoothing over ``scale * W z`` (W bias-free, learnt)."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, scale: float, smoothing: float):
+        super().__init__()
+        self.classifier = nn.Linear(embedding_dim, num_classes, bias=False)
+        self.scale = scale
+        self.smoothing = smoothing
+
+    def forward(
+        self, emb: torch.Tensor, labels: torch.Tensor, tuples: object = None
+    ) -> torch.Tensor:
+        logits = self.classifier(emb) * self.scale
+        return nn.functional.cross_entropy(logits, labels, label_smoothing=self.smoothing)
 
 
 class MetricLoss(nn.Module):
@@ -99,5 +122,9 @@ def build_loss(spec: LossSpec, num_classes: int, embedding_dim: int) -> MetricLo
         return MetricLoss(
             losses.ArcFaceLoss(num_classes, embedding_dim, margin=spec.margin, scale=spec.scale),
             None,
+        )
+    if name == "softmax":
+        return MetricLoss(
+            SmoothedSoftmaxLoss(num_classes, embedding_dim, spec.scale, spec.label_smoothing), None
         )
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

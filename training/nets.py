@@ -5,6 +5,10 @@ Presets:
   (plain conv stack, 2-D embedding, no normalisation), kept so anyone can rerun the comparison.
 - ``convnet``: BatchNorm+GELU conv groups in the style of fast CIFAR trainers (airbench), global
   max pool, linear head to D, L2-normalised so distance^2 = 2 - 2 cos.
+- ``airbench``: Keller Jordan's airbench94 CIFAR-10 net (arXiv:2404.00498): a frozen 2x2
+  patch-whitening stem fitted to the training data, conv groups whose BatchNorm scales are frozen at
+  1, identity (dirac) initialised convs; the embedding is the L2-normalised pooled features (D =
+  widths[-1], no head).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("seed", "convnet")
+ARCHS = ("seed", "convnet", "airbench")
 
 
 class Tower(nn.Module):
@@ -29,23 +33,30 @@ class Tower(nn.Module):
         normalize: bool,
         flip_tta: bool = False,
         shift_tta: int = 0,
+        head: bool = True,
     ) -> None:
         super().__init__()
         c = len(mean)
         self.register_buffer("mean", torch.tensor(mean).view(1, c, 1, 1) * 255.0)
         self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, c, 1, 1) * 255.0))
         self.backbone = backbone
-        self.head = nn.Linear(features, embedding_dim)
+        if not head and embedding_dim != features:
+            raise ValueError(f"without a head the embedding is the {features} backbone features")
+        self.head = nn.Linear(features, embedding_dim) if head else nn.Identity()
         self.normalize = normalize
         # Test-time augmentation, in eval only: the embedding is the mean over the image, its
         # mirror (flip_tta) and copies shifted diagonally by +-shift_tta px (reflect-padded).
         self.flip_tta = flip_tta
         self.shift_tta = shift_tta
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> float (N, C, H, W), zero mean and unit variance per channel."""
+        return (x.float() - self.mean) * self.inv_std
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) * self.inv_std  # (N, C, H, W), standardised
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(x))  # (N, D)
+        """The un-normalised embedding of one view (N, D): what classifier losses train on."""
+        x = self.standardize(x).contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or (not self.flip_tta and self.shift_tta == 0):
@@ -97,6 +108,63 @@ class ConvGroups(nn.Module):
         return self.body(x)
 
 
+class FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose scale stays 1 (only the shift learns), airbench's choice: with the next conv
+    free to rescale, a learnt scale only adds a direction for the large learning rate to wander."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c, eps=1e-12, momentum=0.4)
+        self.weight.requires_grad_(False)
+
+
+class WhitenedConvGroups(nn.Module):
+    """airbench94's backbone: whitening stem -> [conv, pool, BN, GELU, conv, BN, GELU] per width ->
+    global max pool. (N, C, H, W) standardised -> (N, widths[-1])
+
+    Call :meth:`init_whitening` with standardised training images before training: the stem's
+    filters are the eigenvectors of the 2x2 patch covariance, scaled to unit variance (and their
+    negatives), so the first layer starts decorrelated and stays frozen; only its bias learns.
+    """
+
+    def __init__(self, channels: int, widths: list[int], patch: int = 2) -> None:
+        super().__init__()
+        self.whiten = nn.Conv2d(channels, 2 * channels * patch * patch, patch, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        c = self.whiten.out_channels
+        layers: list[nn.Module] = [nn.GELU()]
+        for w in widths:
+            layers += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.MaxPool2d(2),
+                FrozenScaleBatchNorm(w),
+                nn.GELU(),
+                nn.Conv2d(w, w, 3, padding=1, bias=False),
+                FrozenScaleBatchNorm(w),
+                nn.GELU(),
+            ]
+            c = w
+        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        for m in self.body.modules():
+            if isinstance(m, nn.Conv2d):  # identity on the first c_in channels: a short, clean
+                nn.init.dirac_(m.weight.data[: m.in_channels])  # signal path at step 0
+
+    @torch.no_grad()
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        k = self.whiten.kernel_size[0]
+        c = x.shape[1]
+        patches = x.unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k).double()
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).flip(0)
+        filters = filters.reshape(c * k * k, c, k, k).float()
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+        self.whiten.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.whiten(x))
+
+
 class SeedConvNet(nn.Module):
     """The classic tutorial Siamese tower: two conv+pool stages and a ReLU MLP.
 
@@ -140,6 +208,18 @@ def build_tower(
         features = 256
     elif arch == "convnet":
         backbone, features = ConvGroups(channels, widths), widths[-1]
+    elif arch == "airbench":
+        backbone, features = WhitenedConvGroups(channels, widths), widths[-1]
     else:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return Tower(backbone, features, embedding_dim, mean, std, normalize, flip_tta, shift_tta)
+    return Tower(
+        backbone,
+        features,
+        embedding_dim,
+        mean,
+        std,
+        normalize,
+        flip_tta,
+        shift_tta,
+        head=arch != "airbench",
+    )

@@ -33,7 +33,7 @@ from training.calibrate import balanced_pairs, calibrate, pair_distances, verifi
 from training.config import TrainConfig, parse_args
 from training.data import DataBundle, Split, augment, load_dataset
 from training.evaluate import compute_metrics, embed_all
-from training.losses import CLASSIFIER_LOSSES, LossSpec, build_loss
+from training.losses import CLASSIFIER_LOSSES, RAW_EMBEDDING_LOSSES, LossSpec, build_loss
 from training.nets import Tower, build_tower
 
 log = logging.getLogger("training")
@@ -48,13 +48,39 @@ DATA_STATS = {  # per-channel mean/std of the training images, in [0, 1] units
 class TrainModel(nn.Module):
     """Tower + loss in one module, so DistributedDataParallel syncs the loss's class centres too."""
 
-    def __init__(self, tower: Tower, loss: nn.Module) -> None:
+    def __init__(self, tower: Tower, loss: nn.Module, raw_embedding: bool = False) -> None:
         super().__init__()
         self.tower = tower
         self.loss = loss
+        self.raw_embedding = raw_embedding  # the loss wants the embedding before normalisation
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.tower(x), y)
+        return self.loss(self.tower.embed(x) if self.raw_embedding else self.tower(x), y)
+
+
+class Lookahead:
+    """airbench's lookahead: every ``every`` steps, a slow copy of all float state moves toward the
+    weights by (1 - decay) and the weights jump back onto it; decay ramps up (cubically) over the
+    run, and at the end the weights become the slow copy."""
+
+    def __init__(self, model: nn.Module, total_steps: int, every: int = 5) -> None:
+        self.model = model
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.total, self.every = total_steps, every
+
+    def step(self, step: int) -> None:
+        if step % self.every == 0:
+            self._pull(0.95**self.every * (step / self.total) ** 3)
+
+    def finish(self) -> None:
+        self._pull(1.0)
+
+    @torch.no_grad()
+    def _pull(self, decay: float) -> None:
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                self.slow[k].lerp_(v, 1 - decay)
+                v.copy_(self.slow[k])
 
 
 def build_model(
@@ -66,6 +92,11 @@ def build_model(
 ) -> tuple[TrainModel, torch.optim.Optimizer]:
     """Tower + loss (channels_last) and their optimiser, exactly as the recipe in ``cfg`` says."""
     c, h, w = shape
+    if cfg.arch == "airbench" and cfg.embedding_dim != cfg.widths[-1]:
+        raise SystemExit(
+            f"--arch airbench embeds with its {cfg.widths[-1]} pooled features (no head): "
+            f"pass --embedding-dim {cfg.widths[-1]}"
+        )
     tower = build_tower(
         cfg.arch,
         channels=c,
@@ -81,16 +112,36 @@ def build_model(
     )
     if cfg.loss in CLASSIFIER_LOSSES and not cfg.normalize:
         raise SystemExit(f"--loss {cfg.loss} needs --normalize true (it works on the unit sphere)")
-    spec = LossSpec(cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize)
-    model = TrainModel(tower, build_loss(spec, num_classes, cfg.embedding_dim))
+    spec = LossSpec(
+        cfg.loss, cfg.margin, cfg.scale, cfg.temperature, cfg.normalize, cfg.label_smoothing
+    )
+    model = TrainModel(
+        tower,
+        build_loss(spec, num_classes, cfg.embedding_dim),
+        raw_embedding=cfg.loss in RAW_EMBEDDING_LOSSES,
+    )
     model = model.to(memory_format=torch.channels_last)
-    params = model.parameters()
+    # Three groups: weights; BatchNorm shifts; the whitening stem's bias (its lr drops to 0 after
+    # whiten_bias_epochs, see lr_lambdas). Biases take lr x bias_lr_scale, same decoupled decay.
+    norm_shifts = [
+        m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias.requires_grad
+    ]
+    whiten = getattr(tower.backbone, "whiten", None)
+    whiten_bias = [whiten.bias] if whiten is not None else []
+    special = {id(p) for p in norm_shifts + whiten_bias}
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    k = cfg.bias_lr_scale
+    groups = [
+        {"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": norm_shifts, "lr": cfg.lr * k, "weight_decay": cfg.weight_decay / k},
+        {"params": whiten_bias, "lr": cfg.lr * k, "weight_decay": cfg.weight_decay / k},
+    ]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True
         )
     elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
     else:
         raise SystemExit(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
     return model, opt
@@ -137,15 +188,24 @@ def epoch_batches(
     ]
 
 
-def lr_lambda(total_steps: int, warmup: float):
+def lr_lambda(total_steps: int, warmup: float, stop_at: int | None = None):
     warm = max(1, int(total_steps * warmup))
 
     def f(step: int) -> float:  # triangle: 0 -> 1 over warm steps, then linearly to 0
+        if stop_at is not None and step >= stop_at:
+            return 0.0
         if step < warm:
             return (step + 1) / warm
         return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
     return f
+
+
+def lr_lambdas(cfg: TrainConfig, steps_per_epoch: int) -> list:
+    """One schedule per optimiser group (build_model): the whitening bias stops learning early."""
+    total = steps_per_epoch * cfg.epochs
+    f = lr_lambda(total, cfg.warmup)
+    return [f, f, lr_lambda(total, cfg.warmup, stop_at=steps_per_epoch * cfg.whiten_bias_epochs)]
 
 
 @torch.no_grad()
@@ -168,6 +228,7 @@ def train_one_epoch(
     device: torch.device,
     rank: int,
     world: int,
+    lookahead: Lookahead | None = None,
 ) -> dict[str, float]:
     model.train()
     g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
@@ -181,15 +242,17 @@ def train_one_epoch(
     )
     t0, seen, total = time.perf_counter(), 0, 0.0
     for idx in bar:
-        x = augment(data.images[idx], translate=cfg.translate, flip=cfg.flip, generator=g).to(
-            device, non_blocking=True
-        )
+        x = augment(
+            data.images[idx], translate=cfg.translate, flip=cfg.flip, generator=g, pad=cfg.pad
+        ).to(device, non_blocking=True)
         y = data.labels[idx].to(device, non_blocking=True)
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if lookahead is not None:
+            lookahead.step(sched.last_epoch)
         seen += len(idx) * world
         total += loss.item()  # a device sync point; cheap next to the CPU step
         bar.set_postfix(
@@ -252,9 +315,10 @@ def train(cfg: TrainConfig) -> dict:
         raise SystemExit(
             f"{len(train_split)} training images is less than one batch of {cfg.batch_size * world}"
         )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup)
-    )
+    if hasattr(tower.backbone, "init_whitening"):
+        tower.backbone.init_whitening(tower.standardize(train_split.images[:5000]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambdas(cfg, steps_per_epoch))
+    lookahead = Lookahead(model, steps_per_epoch * cfg.epochs) if cfg.lookahead else None
 
     ckpt_path = cfg.run_dir / "checkpoint.pt"
     history: list[dict] = []
@@ -265,6 +329,8 @@ def train(cfg: TrainConfig) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
+        if lookahead is not None:
+            lookahead.slow = ckpt["lookahead"]
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     train_model: nn.Module = model
     if world > 1:
@@ -289,8 +355,10 @@ def train(cfg: TrainConfig) -> dict:
     t_start = time.perf_counter() - sum(e.get("epoch_seconds", 0) for e in history)
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_one_epoch(
-            train_model, opt, sched, train_split, cfg, epoch, device, rank, world
+            train_model, opt, sched, train_split, cfg, epoch, device, rank, world, lookahead
         )
+        if lookahead is not None and epoch + 1 == cfg.epochs:
+            lookahead.finish()  # the exported weights are the slow average
         if rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             stats |= validate(tower, bundle.val, device)
         stats["epoch"] = epoch + 1
@@ -311,6 +379,7 @@ def train(cfg: TrainConfig) -> dict:
                     "scheduler": sched.state_dict(),
                     "epoch": epoch + 1,
                     "history": history,
+                    "lookahead": lookahead.slow if lookahead is not None else None,
                     "config": cfg.to_json(),
                 },
                 tmp,

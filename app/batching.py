@@ -4,11 +4,16 @@
     emb = await batcher.embed(x)             # x: uint8 (C, H, W) -> float32 (D,)
     await batcher.stop()                     # finishes what is queued, then joins the thread
 
-One worker thread per model owns the module: it takes whatever is queued (up to max_batch_size)
-and runs it at once. A lone request never waits for company; the worker only lingers up to
-max_wait_ms for more when the previous batch was full, i.e. when requests are piling up. Callers
-may live on any event loop (uvicorn's, a test client's): results are handed back with
-``loop.call_soon_threadsafe``.
+One worker thread per model takes whatever is queued (up to max_batch_size) and runs it at
+once. A lone request never waits for company; the worker only lingers up to max_wait_ms for more
+when the previous batch was full, i.e. when requests are piling up. Callers may live on any event
+loop (uvicorn's, a test client's): results are handed back with ``loop.call_soon_threadsafe``.
+
+A thread that has just decoded a request's images (never the event loop) may call
+:meth:`Batcher.run_or_queue`: when the model is idle and nothing is queued it runs the forward
+pass itself, saving the hand-off to the worker and back, which at concurrency 1 costs as much as a
+small model's forward pass; otherwise the images queue as usual. Either way a ``busy`` flag keeps
+it to one forward pass at a time per model, so the torch thread count stays deliberate.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class Batcher:
         self._items: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._busy = False  # a forward pass is running (worker or run_or_queue caller)
         self._thread: threading.Thread | None = None
 
     # --- caller side (event loop) ---
@@ -107,26 +113,15 @@ class Batcher:
     ) -> list[torch.Tensor]:
         """Several images in order; all are queued at once or none is (QueueFull)."""
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        deadline = now + 3600 if deadline is None else deadline
-        items = [_Item(x, loop.create_future(), loop, now, deadline) for x in xs]
+        deadline = time.monotonic() + 3600 if deadline is None else deadline
+        items = [_Item(x, loop.create_future(), loop, time.monotonic(), deadline) for x in xs]
         with self._cond:
-            if self._closing:
-                self._count_rejected(ShuttingDown.reason)
-                raise ShuttingDown(f"model '{self.name}' is shutting down")
-            if len(self._items) + len(items) > self.queue_max:
-                self._count_rejected(QueueFull.reason)
-                raise QueueFull(
-                    f"model '{self.name}' has {len(self._items)} images queued "
-                    f"(limit {self.queue_max}); retry later"
-                )
-            self._items.extend(items)
-            self._cond.notify()
+            self._enqueue(items)
         try:
             async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
                 return list(await asyncio.gather(*(item.future for item in items)))
         except (TimeoutError, DeadlineExceeded):
-            self._count_rejected(DeadlineExceeded.reason)
+            self.count_rejected(DeadlineExceeded.reason)
             raise DeadlineExceeded(
                 f"model '{self.name}' did not answer in time; retry later"
             ) from None
@@ -136,7 +131,50 @@ class Batcher:
                     item.abandoned = True
                     item.future.cancel()
 
-    def _count_rejected(self, reason: str) -> None:
+    def run_or_queue(
+        self,
+        xs: Sequence[torch.Tensor],
+        futures: Sequence[asyncio.Future[torch.Tensor]],
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+    ) -> list[torch.Tensor | Exception] | None:
+        """From a pool thread: run ``xs`` here and now if the model is idle, returning one
+        embedding (or the exception of its failed forward) per image; else queue them, their
+        results to arrive in ``futures`` (created on ``loop``), and return None.
+
+        Raises ShuttingDown or QueueFull like :meth:`embed_many`.
+        """
+        now = time.monotonic()
+        with self._cond:
+            if self._busy or self._items or self._closing:
+                self._enqueue(
+                    [_Item(x, f, loop, now, deadline) for x, f in zip(xs, futures, strict=True)]
+                )
+                return None
+            self._busy = True
+        try:
+            return self._run_batch(list(xs), [0.0] * len(xs))
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()  # the worker may be waiting for the model
+
+    def _enqueue(self, items: list[_Item]) -> None:
+        """Queue all of ``items`` or none; call with ``self._cond`` held."""
+        if self._closing:
+            self.count_rejected(ShuttingDown.reason)
+            raise ShuttingDown(f"model '{self.name}' is shutting down")
+        if len(self._items) + len(items) > self.queue_max:
+            self.count_rejected(QueueFull.reason)
+            raise QueueFull(
+                f"model '{self.name}' has {len(self._items)} images queued "
+                f"(limit {self.queue_max}); retry later"
+            )
+        self._items.extend(items)
+        self._cond.notify_all()
+
+    def count_rejected(self, reason: str) -> None:
+        """Count a refusal in imgsim_rejected{model, reason}."""
         if self.metrics is not None:
             self.metrics.rejected.labels(self.name, reason).inc()
 
@@ -146,10 +184,11 @@ class Batcher:
         last_was_full = False
         while True:
             with self._cond:
-                while not self._items and not self._closing:
+                while self._busy or (not self._items and not self._closing):
                     self._cond.wait()
                 if not self._items:  # closing and drained
                     return
+                self._busy = True
                 batch = self._take(self.max_batch_size)
                 if last_was_full and self.max_wait_s > 0:
                     until = time.monotonic() + self.max_wait_s
@@ -167,6 +206,9 @@ class Batcher:
                 logger.exception("batcher %s: unexpected error", self.name)
                 for item in batch:
                     _resolve(item, RuntimeError("internal error in the batcher"))
+            finally:
+                with self._cond:
+                    self._busy = False
 
     def _take(self, n: int) -> list[_Item]:
         taken: list[_Item] = []
@@ -178,43 +220,48 @@ class Batcher:
         now = time.monotonic()
         live: list[_Item] = []
         for item in batch:
-            if item.abandoned:
+            if item.abandoned or item.future.done():  # the caller gave up on it
                 continue
             if now > item.deadline:
                 _resolve(item, DeadlineExceeded(f"model '{self.name}' did not answer in time"))
                 continue
             live.append(item)
-        if not live:
-            return
+        if live:
+            results = self._run_batch([i.x for i in live], [now - i.enqueued for i in live])
+            for item, result in zip(live, results, strict=True):
+                _resolve(item, result)
+
+    def _run_batch(
+        self, xs: list[torch.Tensor], waited_s: list[float]
+    ) -> list[torch.Tensor | Exception]:
+        """One forward pass over ``xs``; if it fails, each image alone, so one bad item does not
+        fail its batch-mates."""
         if self.metrics is not None:
             wait = self.metrics.queue_wait_seconds.labels(self.name)
-            for item in live:
-                wait.observe(now - item.enqueued)
-
+            for w in waited_s:
+                wait.observe(w)
         started = time.perf_counter()
         results: list[torch.Tensor | Exception]
         try:
-            out = self._forward(torch.stack([item.x for item in live]))  # (B, D)
+            out = self._forward(torch.stack(xs))  # (B, D)
             # clone each row: a cached embedding must not keep its whole batch alive
             results = [row.clone() for row in out]
         except Exception:
-            # One bad item must not fail its batch-mates: retry them one by one.
             logger.warning(
                 "batcher %s: batched forward of %d failed; retrying one by one",
-                self.name, len(live), exc_info=True,
+                self.name, len(xs), exc_info=True,
             )  # fmt: skip
             results = []
-            for item in live:
+            for x in xs:
                 try:
-                    results.append(self._forward(item.x.unsqueeze(0))[0])
+                    results.append(self._forward(x.unsqueeze(0))[0])
                 except Exception as e:
                     logger.error("batcher %s: forward failed", self.name, exc_info=True)
                     results.append(e)
         if self.metrics is not None:
             self.metrics.inference_seconds.labels(self.name).observe(time.perf_counter() - started)
-            self.metrics.batch_size.labels(self.name).observe(len(live))
-        for item, result in zip(live, results, strict=True):
-            _resolve(item, result)
+            self.metrics.batch_size.labels(self.name).observe(len(xs))
+        return results
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

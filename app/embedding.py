@@ -47,48 +47,80 @@ class Embedder:
         assert model.batcher is not None, "model is not being served"
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.request_timeout_s
-        # Hashing, cache look-ups and decoding go to the pool in as few hand-offs as possible:
-        # each hop costs the event loop about as much as a small model's forward pass.
+        # Each pool job hashes, looks up, decodes and hands its images to the model itself (or
+        # runs the forward pass when the model is idle, see Batcher.run_or_queue): a request
+        # costs the event loop one or two hand-offs, each about as dear as a small model's
+        # forward pass.
         chunk = max(2, -(-len(blobs) // self.settings.decode_threads))
+        chunks = [blobs[i : i + chunk] for i in range(0, len(blobs), chunk)]
+        futures = [[loop.create_future() for _ in c] for c in chunks]
         jobs = [
-            loop.run_in_executor(self.pool, self._prepare, model, blobs[i : i + chunk])
-            for i in range(0, len(blobs), chunk)
+            loop.run_in_executor(self.pool, self._prepare, model, c, f, loop, deadline)
+            for c, f in zip(chunks, futures, strict=True)
         ]
         try:
             async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
                 prepared = [p for job in await asyncio.gather(*jobs) for p in job]
+                queued = [value for _, value in prepared if isinstance(value, asyncio.Future)]
+                if queued:
+                    await asyncio.gather(*queued)
         except TimeoutError:
-            raise DeadlineExceeded("decoding did not finish in time; retry later") from None
+            model.batcher.count_rejected(DeadlineExceeded.reason)
+            raise DeadlineExceeded("the model did not answer in time; retry later") from None
+        finally:
+            for f in (f for fs in futures for f in fs):  # timed out or failed: drop the rest
+                if not f.done():
+                    f.cancel()
 
         results: list[torch.Tensor | ImageError] = []
-        todo: dict[str, torch.Tensor] = {}  # digest -> decoded image; a repeated image runs once
-        for digest, value, is_image in prepared:
-            if is_image:
-                todo.setdefault(digest, value)
-        fresh: dict[str, torch.Tensor] = {}
-        if todo:
-            embs = await model.batcher.embed_many(list(todo.values()), deadline)
-            fresh = dict(zip(todo, embs, strict=True))
-            for digest, emb in fresh.items():
-                self.cache.put((model.card.version, digest), emb)
-        for digest, value, is_image in prepared:
-            results.append(fresh[digest] if is_image else value)
+        for digest, value in prepared:
+            if isinstance(value, asyncio.Future):
+                value = value.result()
+                self.cache.put((model.card.version, digest), value)
+            results.append(value)
         return results
 
     def _prepare(
-        self, model: ServedModel, blobs: Sequence[bytes]
-    ) -> list[tuple[str, torch.Tensor | ImageError, bool]]:
-        """Per blob: (sha256, cached embedding | decoded uint8 image | ImageError, is_image)."""
-        out: list[tuple[str, torch.Tensor | ImageError, bool]] = []
-        for data in blobs:
+        self,
+        model: ServedModel,
+        blobs: Sequence[bytes],
+        futures: Sequence[asyncio.Future[torch.Tensor]],
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+    ) -> list[tuple[str, torch.Tensor | ImageError | asyncio.Future[torch.Tensor]]]:
+        """In a pool thread, per blob: (sha256, embedding | ImageError | future of a queued
+        embedding). An image sent twice in one chunk is embedded once."""
+        assert model.batcher is not None
+        version = model.card.version
+        out: list[tuple[str, torch.Tensor | ImageError | asyncio.Future[torch.Tensor]]] = []
+        todo: dict[str, tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = {}
+        for data, future in zip(blobs, futures, strict=True):
             digest = hashlib.sha256(data).hexdigest()
-            cached = self.cache.get((model.card.version, digest), model.name)
+            if digest in todo:
+                out.append((digest, todo[digest][1]))
+                continue
+            cached = self.cache.get((version, digest), model.name)
             if cached is not None:
-                out.append((digest, cached, False))
+                out.append((digest, cached))
                 continue
             decoded = self._decode(model, data)
-            out.append((digest, decoded, isinstance(decoded, torch.Tensor)))
-        return out
+            if isinstance(decoded, torch.Tensor):
+                todo[digest] = (decoded, future)
+                out.append((digest, future))
+            else:
+                out.append((digest, decoded))
+        if not todo:
+            return out
+        xs, fs = zip(*todo.values(), strict=True)
+        ran = model.batcher.run_or_queue(xs, fs, loop, deadline)
+        if ran is None:  # queued: the futures resolve on the loop
+            return out
+        embs = dict(zip(todo, ran, strict=True))
+        for digest, emb in embs.items():
+            if isinstance(emb, Exception):
+                raise emb
+            self.cache.put((version, digest), emb)
+        return [(d, embs[d] if isinstance(v, asyncio.Future) else v) for d, v in out]
 
     def _decode(self, model: ServedModel, data: bytes) -> torch.Tensor | ImageError:
         started = time.perf_counter()

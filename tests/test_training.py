@@ -300,3 +300,24 @@ def test_airbench_recipe_trains_and_exports_the_lookahead_weights(tmp_path):
             torch.testing.assert_close(value, ckpt["lookahead"][key], rtol=0, atol=0)
     with pytest.raises(SystemExit, match="--embedding-dim 16"):  # no head: D is the features
         main(_small_args(tmp_path, tmp_path / "bad", "--arch", "airbench", "--embedding-dim", "8"))
+
+
+def test_logits_readout_exports_the_classifier_scores_as_the_embedding():
+    from training.train import readout_tower
+
+    torch.manual_seed(0)
+    tower = build_tower(
+        "airbench", channels=1, height=12, width=12, embedding_dim=8, widths=[4, 8],
+        mean=[0.5], std=[0.25], normalize=True, flip_tta=False,
+    )  # fmt: skip
+    loss = build_loss(LossSpec("softmax", None, 1 / 9, 0.1, True, 0.2), 3, 8)
+    x = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8)
+    tower.eval()
+    exported = readout_tower(tower, loss, "logits").eval()
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(loss.loss.classifier(tower.embed(x)), dim=1)
+        torch.testing.assert_close(exported(x), want)  # (5, 3): one score per class
+        assert readout_tower(tower, loss, "features") is tower
+        assert tower(x).shape == (5, 8)  # the trained tower itself is left as it was
+    with pytest.raises(SystemExit, match="needs --loss softmax"):
+        main(_small_args(Path("/nonexistent"), Path("/nonexistent/x"), "--readout", "logits"))

@@ -44,6 +44,7 @@ class TrainConfig:
     scale: float = 30.0  # cosface/arcface/softmax logit scale
     temperature: float = 0.1  # supcon
     label_smoothing: float = 0.0  # softmax
+    readout: str = "features"  # softmax: embed with the pooled features or the class scores
     m_per_class: int = 0  # >0: batches hold m images of each sampled class (PML MPerClassSampler)
     # optimisation
     epochs: int = 4
@@ -103,7 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cifar10": {
         **_AIRBENCH, "dataset": "cifar10", "widths": [64, 256, 256], "embedding_dim": 256,
-        "epochs": 12, "flip_tta": True,
+        "epochs": 16, "flip_tta": True, "readout": "logits",
     },
 }  # fmt: skip
 

@@ -22,7 +22,8 @@ def row(path: Path) -> str:
         weights = path / artifact.MODEL_FILE
     m, t = card.metrics, card.metrics.get("test", {})
     cfg = card.training
-    recipe = cfg.get("preset") or f"{cfg.get('arch')}/{cfg.get('loss')}"
+    # the preset's name and what it was then (a preset's recipe may change between releases)
+    recipe = f"{cfg.get('preset') or 'custom'}: {cfg.get('arch')}, {cfg.get('loss')}"
     size = f"{weights.stat().st_size / 2**20:.1f} MB" if weights.is_file() else "-"
     cells = [
         path.stem if path.suffix == ".json" else card.name,  # a kept card is named by its file

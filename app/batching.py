@@ -9,11 +9,10 @@ once. A lone request never waits for company; the worker only lingers up to max_
 when the previous batch was full, i.e. when requests are piling up. Callers may live on any event
 loop (uvicorn's, a test client's): results are handed back with ``loop.call_soon_threadsafe``.
 
-A thread that has just decoded a request's images (never the event loop) may call
-:meth:`Batcher.run_or_queue`: when the model is idle and nothing is queued it runs the forward
-pass itself, saving the hand-off to the worker and back, which at concurrency 1 costs as much as a
-small model's forward pass; otherwise the images queue as usual. Either way a ``busy`` flag keeps
-it to one forward pass at a time per model, so the torch thread count stays deliberate.
+The decode pool hands images over with :meth:`Batcher.submit`, straight from its thread, so a
+request does not bounce through the event loop between decoding and the forward pass. Only the
+worker thread runs the model: running it in the pool threads as well was measured to cost 50% at
+concurrency 1, as each of those threads keeps a torch (OpenMP) thread team of its own.
 """
 
 from __future__ import annotations
@@ -83,7 +82,6 @@ class Batcher:
         self._items: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._busy = False  # a forward pass is running (worker or run_or_queue caller)
         self._thread: threading.Thread | None = None
 
     # --- caller side (event loop) ---
@@ -131,33 +129,22 @@ class Batcher:
                     item.abandoned = True
                     item.future.cancel()
 
-    def run_or_queue(
+    def submit(
         self,
         xs: Sequence[torch.Tensor],
         futures: Sequence[asyncio.Future[torch.Tensor]],
         loop: asyncio.AbstractEventLoop,
         deadline: float,
-    ) -> list[torch.Tensor | Exception] | None:
-        """From a pool thread: run ``xs`` here and now if the model is idle, returning one
-        embedding (or the exception of its failed forward) per image; else queue them, their
-        results to arrive in ``futures`` (created on ``loop``), and return None.
+    ) -> None:
+        """From any thread (the decode pool): queue ``xs``, their embeddings to arrive in
+        ``futures`` (created on ``loop``), without a round trip through the event loop.
 
         Raises ShuttingDown or QueueFull like :meth:`embed_many`.
         """
         now = time.monotonic()
+        items = [_Item(x, f, loop, now, deadline) for x, f in zip(xs, futures, strict=True)]
         with self._cond:
-            if self._busy or self._items or self._closing:
-                self._enqueue(
-                    [_Item(x, f, loop, now, deadline) for x, f in zip(xs, futures, strict=True)]
-                )
-                return None
-            self._busy = True
-        try:
-            return self._run_batch(list(xs), [0.0] * len(xs))
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()  # the worker may be waiting for the model
+            self._enqueue(items)
 
     def _enqueue(self, items: list[_Item]) -> None:
         """Queue all of ``items`` or none; call with ``self._cond`` held."""
@@ -184,11 +171,10 @@ class Batcher:
         last_was_full = False
         while True:
             with self._cond:
-                while self._busy or (not self._items and not self._closing):
+                while not self._items and not self._closing:
                     self._cond.wait()
                 if not self._items:  # closing and drained
                     return
-                self._busy = True
                 batch = self._take(self.max_batch_size)
                 if last_was_full and self.max_wait_s > 0:
                     until = time.monotonic() + self.max_wait_s
@@ -206,9 +192,6 @@ class Batcher:
                 logger.exception("batcher %s: unexpected error", self.name)
                 for item in batch:
                     _resolve(item, RuntimeError("internal error in the batcher"))
-            finally:
-                with self._cond:
-                    self._busy = False
 
     def _take(self, n: int) -> list[_Item]:
         taken: list[_Item] = []

@@ -47,12 +47,13 @@ class Embedder:
         assert model.batcher is not None, "model is not being served"
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.request_timeout_s
-        # Each pool job hashes, looks up, decodes and hands its images to the model itself (or
-        # runs the forward pass when the model is idle, see Batcher.run_or_queue): a request
-        # costs the event loop one or two hand-offs, each about as dear as a small model's
-        # forward pass.
-        chunk = max(2, -(-len(blobs) // self.settings.decode_threads))
-        chunks = [blobs[i : i + chunk] for i in range(0, len(blobs), chunk)]
+        # Each pool job hashes, looks up, decodes and queues its images to the batcher itself:
+        # the event loop hands off once and is woken once, each hop about as dear as a small
+        # model's forward pass.
+        # An image sent several times in one request (a matrix of near-duplicates) runs once.
+        unique = list(dict.fromkeys(blobs))
+        chunk = max(2, -(-len(unique) // self.settings.decode_threads))
+        chunks = [unique[i : i + chunk] for i in range(0, len(unique), chunk)]
         futures = [[loop.create_future() for _ in c] for c in chunks]
         jobs = [
             loop.run_in_executor(self.pool, self._prepare, model, c, f, loop, deadline)
@@ -72,13 +73,13 @@ class Embedder:
                 if not f.done():
                     f.cancel()
 
-        results: list[torch.Tensor | ImageError] = []
-        for digest, value in prepared:
+        by_blob: dict[bytes, torch.Tensor | ImageError] = {}
+        for blob, (digest, value) in zip(unique, prepared, strict=True):
             if isinstance(value, asyncio.Future):
                 value = value.result()
                 self.cache.put((model.card.version, digest), value)
-            results.append(value)
-        return results
+            by_blob[blob] = value
+        return [by_blob[blob] for blob in blobs]
 
     def _prepare(
         self,
@@ -88,39 +89,28 @@ class Embedder:
         loop: asyncio.AbstractEventLoop,
         deadline: float,
     ) -> list[tuple[str, torch.Tensor | ImageError | asyncio.Future[torch.Tensor]]]:
-        """In a pool thread, per blob: (sha256, embedding | ImageError | future of a queued
-        embedding). An image sent twice in one chunk is embedded once."""
+        """In a pool thread, per blob: (sha256, embedding | ImageError | future of its queued
+        embedding)."""
         assert model.batcher is not None
-        version = model.card.version
         out: list[tuple[str, torch.Tensor | ImageError | asyncio.Future[torch.Tensor]]] = []
-        todo: dict[str, tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = {}
+        xs: list[torch.Tensor] = []
+        fs: list[asyncio.Future[torch.Tensor]] = []
         for data, future in zip(blobs, futures, strict=True):
             digest = hashlib.sha256(data).hexdigest()
-            if digest in todo:
-                out.append((digest, todo[digest][1]))
-                continue
-            cached = self.cache.get((version, digest), model.name)
+            cached = self.cache.get((model.card.version, digest), model.name)
             if cached is not None:
                 out.append((digest, cached))
                 continue
             decoded = self._decode(model, data)
             if isinstance(decoded, torch.Tensor):
-                todo[digest] = (decoded, future)
+                xs.append(decoded)
+                fs.append(future)
                 out.append((digest, future))
             else:
                 out.append((digest, decoded))
-        if not todo:
-            return out
-        xs, fs = zip(*todo.values(), strict=True)
-        ran = model.batcher.run_or_queue(xs, fs, loop, deadline)
-        if ran is None:  # queued: the futures resolve on the loop
-            return out
-        embs = dict(zip(todo, ran, strict=True))
-        for digest, emb in embs.items():
-            if isinstance(emb, Exception):
-                raise emb
-            self.cache.put((version, digest), emb)
-        return [(d, embs[d] if isinstance(v, asyncio.Future) else v) for d, v in out]
+        if xs:
+            model.batcher.submit(xs, fs, loop, deadline)  # the futures resolve on the loop
+        return out
 
     def _decode(self, model: ServedModel, data: bytes) -> torch.Tensor | ImageError:
         started = time.perf_counter()

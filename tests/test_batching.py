@@ -215,103 +215,45 @@ def test_stop_drains_the_queue_then_refuses():
     assert sum(recorder.sizes) == 5
 
 
-class ThreadLog(torch.nn.Module):
-    """FirstPixels that notes which thread ran each batch and how many ran at once."""
-
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        super().__init__()
-        self.threads: list[int] = []
-        self.running = 0
-        self.most_at_once = 0
-        self.entered = threading.Event()
-        self.gate = gate
-        self._lock = threading.Lock()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._lock:
-            self.running += 1
-            self.most_at_once = max(self.most_at_once, self.running)
-            self.threads.append(threading.get_ident())
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(10), "test never opened the gate"
-        time.sleep(0.002)  # long enough for overlapping calls to show
-        with self._lock:
-            self.running -= 1
-        return x.flatten(1)[:, :4].float()
-
-
-def test_run_or_queue_runs_in_the_calling_thread_when_the_model_is_idle():
-    log = ThreadLog()
-    xs = images(3)
-
-    async def run() -> None:
-        batcher = await started(Batcher(log))
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in xs]
-
-        def call() -> tuple[int, list[torch.Tensor | Exception] | None]:
-            return threading.get_ident(), batcher.run_or_queue(
-                xs, futures, loop, time.monotonic() + 5
-            )
-
-        caller, ran = await asyncio.to_thread(call)
-        assert ran is not None and log.threads == [caller]  # no hand-off to the worker
-        for x, emb in zip(xs, ran, strict=True):
-            assert torch.equal(emb, x.flatten()[:4].float())
-        assert not any(f.done() for f in futures)  # answered directly, not through futures
-        await batcher.stop()
-
-    asyncio.run(run())
-
-
-def test_run_or_queue_queues_behind_a_busy_model_and_never_runs_two_passes_at_once():
+def test_submit_from_a_pool_thread_runs_on_the_worker_and_answers_on_the_loop():
     gate = threading.Event()
-    log = ThreadLog(gate)
+    recorder = Recorder(FirstPixels(), gated=True)
     xs = images(9, seed=3)
 
     async def run() -> None:
-        batcher = await started(Batcher(log, max_batch_size=8))
+        batcher = await started(Batcher(recorder, max_batch_size=8))
         loop = asyncio.get_running_loop()
-        first = asyncio.ensure_future(batcher.embed(xs[0]))  # the worker runs it, held at the gate
-        await wait_until(log.entered)
+        first = asyncio.ensure_future(batcher.embed(xs[0]))  # held at the gate by the worker
+        await wait_until(recorder.entered)
         futures = [loop.create_future() for _ in xs[1:]]
-        ran = await asyncio.to_thread(
-            batcher.run_or_queue, xs[1:], futures, loop, time.monotonic() + 5
-        )
-        assert ran is None and batcher.queued == 8  # busy: queued for the worker, not run here
-        # Meanwhile more pool threads try; the model stays one pass at a time.
-        more = images(6, seed=4)
-        calls = [
-            asyncio.to_thread(batcher.run_or_queue, [x], [loop.create_future()], loop, 1e12)
-            for x in more
-        ]
+        await asyncio.to_thread(batcher.submit, xs[1:], futures, loop, time.monotonic() + 5)
+        assert batcher.queued == 8 and not any(f.done() for f in futures)
         gate.set()
-        await asyncio.gather(*calls)
+        recorder.gate.set()
         embs = await asyncio.gather(first, *futures)
         for x, emb in zip(xs, embs, strict=True):
             assert torch.equal(emb, x.flatten()[:4].float())  # each caller gets its own row
+        assert recorder.sizes == [1, 8]  # the eight submitted together ran as one batch
         await batcher.stop()
-        assert log.most_at_once == 1
 
     asyncio.run(run())
 
 
-def test_run_or_queue_refuses_when_shutting_down_or_full():
-    log = ThreadLog()
+def test_submit_refuses_when_full_or_shutting_down():
+    recorder = Recorder(FirstPixels(), gated=True)
 
     async def run() -> None:
-        batcher = await started(Batcher(log, queue_max=2))
+        batcher = await started(Batcher(recorder, queue_max=2))
         loop = asyncio.get_running_loop()
-        log.gate = threading.Event()
         first = asyncio.ensure_future(batcher.embed(images(1)[0]))
-        await wait_until(log.entered)
-        with pytest.raises(QueueFull):  # busy, and 3 images do not fit a queue of 2
-            batcher.run_or_queue(images(3), [loop.create_future() for _ in range(3)], loop, 1e12)
-        log.gate.set()
+        await wait_until(recorder.entered)
+        with pytest.raises(QueueFull):  # 3 images do not fit a queue of 2: none is queued
+            batcher.submit(images(3), [loop.create_future() for _ in range(3)], loop, 1e12)
+        assert batcher.queued == 0
+        recorder.gate.set()
         await first
         await batcher.stop()
         with pytest.raises(ShuttingDown):
-            batcher.run_or_queue(images(1), [loop.create_future()], loop, 1e12)
+            batcher.submit(images(1), [loop.create_future()], loop, 1e12)
 
     asyncio.run(run())

@@ -67,7 +67,9 @@ class Embedder:
                     await asyncio.gather(*queued)
         except TimeoutError:
             model.batcher.count_rejected(DeadlineExceeded.reason)
-            raise DeadlineExceeded("the model did not answer in time; retry later") from None
+            raise DeadlineExceeded(
+                f"model '{model.name}' did not answer in time; retry later"
+            ) from None
         finally:
             for f in (f for fs in futures for f in fs):  # timed out or failed: drop the rest
                 if not f.done():

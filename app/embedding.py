@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,8 +51,7 @@ class Embedder:
         # Each pool job hashes, looks up, decodes and queues its images to the batcher itself:
         # the event loop hands off once and is woken once, each hop about as dear as a small
         # model's forward pass.
-        # An image sent several times in one request (a matrix of near-duplicates) runs once.
-        unique = list(dict.fromkeys(blobs))
+        unique, where = _distinct(blobs)
         chunk = max(2, -(-len(unique) // self.settings.decode_threads))
         chunks = [unique[i : i + chunk] for i in range(0, len(unique), chunk)]
         futures = [[loop.create_future() for _ in c] for c in chunks]
@@ -75,13 +75,13 @@ class Embedder:
                 if not f.done():
                     f.cancel()
 
-        by_blob: dict[bytes, torch.Tensor | ImageError] = {}
-        for blob, (digest, value) in zip(unique, prepared, strict=True):
+        done: list[torch.Tensor | ImageError] = []
+        for digest, value in prepared:
             if isinstance(value, asyncio.Future):
                 value = value.result()
                 self.cache.put((model.card.version, digest), value)
-            by_blob[blob] = value
-        return [by_blob[blob] for blob in blobs]
+            done.append(value)
+        return [done[i] for i in where]
 
     def _prepare(
         self,
@@ -124,6 +124,22 @@ class Embedder:
             return e
         finally:
             self.metrics.decode_seconds.labels(model.name).observe(time.perf_counter() - started)
+
+
+def _distinct(blobs: Sequence[bytes]) -> tuple[list[bytes], list[int]]:
+    """The distinct blobs, and per blob its index among them: an image sent several times in
+    one request (a matrix of near-duplicates) is embedded once. Only blobs of equal length are
+    compared, so distinct uploads, the usual case, cost the event loop no hashing."""
+    same_length = Counter(len(b) for b in blobs)
+    first: dict[bytes, int] = {}
+    unique: list[bytes] = []
+    where: list[int] = []
+    for b in blobs:
+        i = first.setdefault(b, len(unique)) if same_length[len(b)] > 1 else len(unique)
+        if i == len(unique):
+            unique.append(b)
+        where.append(i)
+    return unique, where
 
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -90,3 +90,11 @@ def test_repeats_within_one_request_run_once(client, digits):
     r = client.post("/similarity/matrix", files=multipart_files(images=[image, image, image]))
     assert r.status_code == 200
     assert counting.images == 1
+
+
+def test_distinct_uploads_keep_their_order_and_repeats_map_to_one():
+    from app.embedding import _distinct
+
+    a, b, c = b"\x89PNG-a", b"\x89PNG-b", b"longer-blob"
+    unique, where = _distinct([a, c, b, a, c])
+    assert unique == [a, c, b] and where == [0, 1, 2, 0, 1]

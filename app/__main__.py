@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_graceful_shutdown": math.ceil(settings.request_timeout_s) + 5,
     }
     # Worker processes build their Settings from the environment: tell them how many there
-    # are, so each takes its share of the cores for torch (Settings.effective_torch_threads).
+    # are, so each takes its share of the cores for inference (Settings.inference_workers_for).
     os.environ["IMGSIM_WORKERS"] = str(args.workers)
     try:
         if args.workers > 1:

@@ -16,6 +16,11 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.precision import PrecisionSetting
+
+# A model this slow per image is worth a worker per core (see Settings.inference_workers).
+SPLIT_MIN_FORWARD_MS = 2.0
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGSIM_", extra="ignore")
@@ -37,12 +42,20 @@ class Settings(BaseSettings):
     queue_max: int = Field(256, gt=0)  # images waiting; beyond it 503 + Retry-After
     request_timeout_s: float = Field(10.0, gt=0)  # decode + queue + inference; then 503
 
-    # Intra-op threads of each model's forward pass; 0 = cores / workers. Only the batcher
-    # thread runs the model, so its threads do not fight each other; on 2 cores (benchmarks/
-    # RESULTS.md) 2 threads serve the cifar10 tower 1.6x faster than 1, and the small mnist
-    # tower, bound by HTTP work, equally fast. The naive per-request server instead collapses
-    # at torch's default when requests overlap.
-    torch_threads: int = Field(0, ge=0)
+    # Inference: each model gets `inference_workers` threads taking batches off its queue, each
+    # running the forward pass on `torch_threads` cores. One thread per worker on purpose: on a
+    # busy 2-core box a two-thread torch (OpenMP) team waits at every barrier for the core the
+    # event loop holds, where two single-threaded workers just share the cores (on this
+    # project's machine: cifar10 at concurrency 32, 268 vs 235 pairs/s; benchmarks/RESULTS.md).
+    # 0 workers = auto: cores / (processes x torch_threads) for a model whose one-image forward
+    # takes at least SPLIT_MIN_FORWARD_MS, else 1; for a tiny model the hand-offs between
+    # workers cost more than the second core gives back (mnist: 610 pairs/s with 1, 456 with 2).
+    torch_threads: int = Field(1, gt=0)
+    inference_workers: int = Field(0, ge=0)
+    # Number format of the forward pass (app/precision.py): "auto" = bfloat16 on a CPU that
+    # computes it natively (1.6x on the cifar10 tower at batch 64, same test accuracy), else
+    # float32.
+    inference_precision: PrecisionSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
 
@@ -78,10 +91,13 @@ class Settings(BaseSettings):
             )
         return self
 
-    def effective_torch_threads(self) -> int:
-        if self.torch_threads:
-            return self.torch_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+    def inference_workers_for(self, forward_ms: float) -> int:
+        """Inference workers for a model whose one-image forward pass takes ``forward_ms``."""
+        if self.inference_workers:
+            return self.inference_workers
+        if forward_ms < SPLIT_MIN_FORWARD_MS:
+            return 1
+        return max(1, (os.cpu_count() or 1) // (self.workers * self.torch_threads))
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys: a JSON list, a file with one key per line, or comma-separated."""

@@ -32,6 +32,8 @@ from app.config import Settings
 from app.embedding import Embedder
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
+from app.precision import Precision, autocast
+from app.precision import resolve as resolve_precision
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
 
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.phase = "starting"
-        torch.set_num_threads(settings.effective_torch_threads())
+        torch.set_num_threads(settings.torch_threads)
         # Pillow only warns between 1x and 2x its own pixel limit; make that an error, which
         # app.images reports as 413 (its own, lower max_image_pixels check comes first anyway).
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -121,6 +123,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _start_and_warm_up(
     served: ServedModel, registry: Registry, settings: Settings, metrics: Metrics
 ) -> None:
+    card = served.card
+    precision = resolve_precision(settings.inference_precision)
+    blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
+    try:
+        forward_ms = await asyncio.wait_for(
+            asyncio.to_thread(_one_image_ms, served.module, blank, precision), WARM_UP_TIMEOUT_S
+        )
+    except Exception as e:
+        _refuse(served, registry, e)
+        return
     batcher = Batcher(
         served.module,
         name=served.name,
@@ -128,21 +140,41 @@ async def _start_and_warm_up(
         max_wait_ms=settings.batch_max_wait_ms,
         queue_max=settings.queue_max,
         metrics=metrics,
+        precision=precision,
+        workers=settings.inference_workers_for(forward_ms),
     )
     batcher.start()
     served.batcher = batcher
-    card = served.card
-    blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
+    logger.info(
+        "model %s: one image in %.1f ms at %s; %d inference worker(s) x %d torch thread(s)",
+        served.name, forward_ms, precision, batcher.workers, settings.torch_threads,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + WARM_UP_TIMEOUT_S
-        for _ in range(2):  # TorchScript optimises on the first calls; pay for it now
+        for _ in range(2):  # through the batcher too: its threads meet the model before a client
             emb = await batcher.embed(blank, deadline)
         if tuple(emb.shape) != (card.embedding_dim,):
             raise ValueError(f"returns shape {tuple(emb.shape)}, card says ({card.embedding_dim},)")
     except Exception as e:
-        logger.error("refusing model %s: warm-up forward pass failed: %s", served.name, e)
-        registry.refuse(served.name, f"warm-up forward pass failed: {e}"[:300])
+        _refuse(served, registry, e)
         await batcher.stop()
+
+
+def _one_image_ms(module: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
+    """The best of a few one-image forward passes, in ms; the first ones also warm TorchScript
+    up (it profiles and optimises on its first calls)."""
+    best = float("inf")
+    with torch.inference_mode(), autocast(precision):
+        for _ in range(4):
+            started = time.perf_counter()
+            module(x.unsqueeze(0))
+            best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
+def _refuse(served: ServedModel, registry: Registry, error: Exception) -> None:
+    logger.error("refusing model %s: warm-up forward pass failed: %s", served.name, error)
+    registry.refuse(served.name, f"warm-up forward pass failed: {error}"[:300])
 
 
 def _add_error_handlers(app: FastAPI) -> None:

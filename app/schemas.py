@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.artifact import Calibration, InputSpec
+from app.precision import Precision
 
 _VERSION = "3f2a9c1b7d4e"
 
@@ -62,6 +63,13 @@ class ReadyResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="What to pass as the `model` form field")
     default: bool = Field(description="Used when a request names no model")
+    precision: Precision = Field(
+        description="Number format this server runs the forward pass in (bfloat16 where the "
+        "CPU has it natively; the test metrics hold either way)"
+    )
+    inference_workers: int = Field(
+        description="Threads running this model's forward passes on this server"
+    )
     version: str = Field(description="First 12 hex digits of sha256(model.pt)")
     dataset: str
     classes: list[str]

@@ -40,7 +40,14 @@ def store_copy(model_store: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def make_settings(model_store: Path) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {"model_store": model_store, "api_keys": "", "cors_origins": []}
+        # float32: these tests compare answers with the model run directly, exactly;
+        # tests/test_precision.py covers bfloat16 serving.
+        values: dict[str, object] = {
+            "model_store": model_store,
+            "api_keys": "",
+            "cors_origins": [],
+            "inference_precision": "float32",
+        }
         values.update(overrides)
         return Settings(**values)
 

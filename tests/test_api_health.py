@@ -59,6 +59,16 @@ def test_models_lists_the_cards(client):
     assert mnist["calibration"]["slope"] == CALIBRATION.slope
     assert len(mnist["version"]) == 12
     assert "training" not in mnist and "sha256" not in mnist
+    assert mnist["precision"] == "float32" and mnist["inference_workers"] >= 1
+
+
+def test_models_says_how_each_model_is_run(make_settings):
+    settings = make_settings(inference_precision="bfloat16", inference_workers=2)
+    with TestClient(create_app(settings)) as client:
+        models = client.get("/models").json()["models"]
+        r = client.post("/similarity", files=multipart_files(image_a=png(), image_b=png(seed=1)))
+    assert {(m["precision"], m["inference_workers"]) for m in models} == {("bfloat16", 2)}
+    assert r.status_code == 200 and 0 < r.json()["distance"] < 2.01  # unit vectors, bf16 rounding
 
 
 def test_unknown_path_is_json_404(client):

@@ -257,3 +257,77 @@ def test_submit_refuses_when_full_or_shutting_down():
             batcher.submit(images(1), [loop.create_future()], loop, 1e12)
 
     asyncio.run(run())
+
+
+class ThreadNames(torch.nn.Module):
+    """FirstPixels, noting which thread ran each batch and its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[tuple[str, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.runs.append((threading.current_thread().name, len(x)))
+        return x.flatten(1)[:, :4].float()
+
+
+async def all_idle(batcher: Batcher) -> None:
+    for _ in range(1000):
+        if batcher.idle_workers == batcher.workers:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("workers never went idle")
+
+
+def test_idle_workers_split_a_lone_request_between_them():
+    module = ThreadNames()
+    xs = images(2)
+
+    async def run() -> list[torch.Tensor]:
+        batcher = await started(Batcher(module, workers=2))
+        await all_idle(batcher)
+        out = await batcher.embed_many(xs)
+        await batcher.stop()
+        return out
+
+    for x, emb in zip(xs, asyncio.run(run()), strict=True):
+        assert emb.tolist() == x.flatten()[:4].float().tolist()
+    assert sorted(size for _, size in module.runs) == [1, 1]  # one image each ...
+    assert len({name for name, _ in module.runs}) == 2  # ... on two threads
+
+
+def test_several_workers_still_batch_and_keep_each_answer_with_its_image():
+    torch.manual_seed(0)
+    tower = artifact.script(TinyTower(1).eval())
+    recorder = Recorder(tower)
+    xs = images(64, (1, 28, 28), seed=5)
+
+    async def run() -> list[torch.Tensor]:
+        batcher = await started(Batcher(recorder, max_batch_size=8, workers=2))
+        out = await asyncio.gather(*(batcher.embed(x) for x in xs))
+        await batcher.stop()
+        return out
+
+    got = torch.stack(asyncio.run(run()))
+    with torch.inference_mode():
+        expected = tower(torch.stack(xs))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert max(recorder.sizes) <= 8 and sum(recorder.sizes) == 64
+    assert max(recorder.sizes) > 1  # 64 requests at once: some shared a forward pass
+
+
+def test_bfloat16_precision_answers_float32_close_to_the_float32_forward():
+    torch.manual_seed(0)
+    tower = artifact.script(TinyTower(3).eval())
+    xs = images(16, (3, 32, 32), seed=7)
+
+    async def run(precision: str) -> torch.Tensor:
+        batcher = await started(Batcher(tower, precision=precision))  # type: ignore[arg-type]
+        out = await batcher.embed_many(xs)
+        await batcher.stop()
+        return torch.stack(out)
+
+    exact, bf16 = asyncio.run(run("float32")), asyncio.run(run("bfloat16"))
+    assert bf16.dtype == torch.float32  # the contract's output type, whatever ran inside
+    torch.testing.assert_close(bf16, exact, rtol=0, atol=3e-2)
+    assert not torch.equal(bf16, exact)  # it really ran in bfloat16

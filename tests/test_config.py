@@ -17,7 +17,8 @@ def test_defaults(monkeypatch):
     s = Settings()
     assert s.model_store == Path("model_store") and s.default_model is None
     assert s.max_upload_bytes == 10 * 1024 * 1024 and s.max_image_pixels == 40_000_000
-    assert s.torch_threads == 0 and s.workers == 1 and s.log_json is True
+    assert s.torch_threads == 1 and s.inference_workers == 0 and s.workers == 1
+    assert s.inference_precision == "auto" and s.log_json is True
     assert s.api_key_set() == frozenset() and s.cors_origins == []
 
 
@@ -56,10 +57,21 @@ def test_the_queue_must_hold_the_largest_request():
         Settings(queue_max=32, max_matrix_images=64)
 
 
-def test_torch_threads_default_to_cores_per_worker():
+def test_inference_workers_a_core_each_for_a_slow_model_one_for_a_tiny_one():
     import os
 
+    from app.config import SPLIT_MIN_FORWARD_MS
+
     cores = os.cpu_count() or 1
-    assert Settings(workers=1).effective_torch_threads() == cores
-    assert Settings(workers=cores * 2).effective_torch_threads() == 1
-    assert Settings(torch_threads=3, workers=2).effective_torch_threads() == 3
+    slow, tiny = SPLIT_MIN_FORWARD_MS * 2, SPLIT_MIN_FORWARD_MS / 2
+    assert Settings(workers=1).inference_workers_for(slow) == cores
+    assert Settings(workers=1).inference_workers_for(tiny) == 1
+    assert Settings(workers=cores * 2).inference_workers_for(slow) == 1  # never 0
+    assert Settings(workers=1, torch_threads=cores).inference_workers_for(slow) == 1
+    assert Settings(inference_workers=3).inference_workers_for(tiny) == 3  # set by hand: as is
+
+
+def test_inference_precision_is_one_of_three():
+    assert Settings(inference_precision="bfloat16").inference_precision == "bfloat16"
+    with pytest.raises(ValidationError):
+        Settings(inference_precision="float16")

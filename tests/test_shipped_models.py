@@ -43,16 +43,21 @@ def test_make_serve_store_answers_verify_on_two_digits():
     assert diff["same"] is False and diff["distance"] > same["distance"]
 
 
+PRECISIONS = ("float32", "bfloat16")  # the service runs bfloat16 where the CPU has it
+
+
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """`python -m training.evaluate` on each shipped model, once per test session."""
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
+    """`python -m training.evaluate` on each shipped model at each precision, once per session."""
     from training.evaluate import main as evaluate
 
     results = {}
     for name in TARGETS:
-        out = tmp_path_factory.mktemp(name) / "metrics.json"
-        assert evaluate([str(STORE / name), "--data-dir", str(DATA_DIR), "--json", str(out)]) == 0
-        results[name] = json.loads(out.read_text())
+        for precision in PRECISIONS:
+            out = tmp_path_factory.mktemp(name) / f"metrics-{precision}.json"
+            argv = [str(STORE / name), "--data-dir", str(DATA_DIR), "--json", str(out)]
+            assert evaluate([*argv, "--precision", precision]) == 0
+            results[name, precision] = json.loads(out.read_text())
     return results
 
 
@@ -61,7 +66,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 @needs_data
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_card_metrics_are_what_evaluation_measures(name, evaluated):
-    t = evaluated[name]["test"]
+    t = evaluated[name, "float32"]["test"]
     assert t["pairs"] == 10_000  # 5,000 test images, each in one same and one different pair
     card = artifact.read_card(STORE / name)
     for key in ("accuracy", "roc_auc", "eer", "precision_at_1"):
@@ -71,9 +76,10 @@ def test_card_metrics_are_what_evaluation_measures(name, evaluated):
 @pytest.mark.data
 @pytest.mark.slow
 @needs_data
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("name", sorted(TARGETS))
-def test_shipped_model_meets_its_targets_on_the_test_folder(name, evaluated):
-    t = evaluated[name]["test"]
+def test_shipped_model_meets_its_targets_on_the_test_folder(name, precision, evaluated):
+    t = evaluated[name, precision]["test"]
     want = TARGETS[name]
     assert t["accuracy"] >= want["accuracy"], t
     assert t["roc_auc"] >= want["roc_auc"], t

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from app import artifact
+from app.precision import Precision, autocast
 from training.calibrate import balanced_pairs, pair_distances, verification_metrics
 from training.data import load_dataset
 
@@ -26,11 +27,18 @@ PAIR_SEED = 1234  # fixed: every evaluation of every model sees the same test pa
 
 
 @torch.inference_mode()
-def embed_all(module: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, D) float32, in eval mode, in batches."""
+def embed_all(
+    module: torch.nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 500,
+    precision: Precision = "float32",
+) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, D) float32, in eval mode, in batches, at ``precision``."""
     was_training = getattr(module, "training", False)
     module.eval()
-    out = torch.cat([module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    with autocast(precision):
+        batches = [module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    out = torch.cat(batches)
     if was_training:
         module.train()
     return out.float()
@@ -87,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, help="override the card's threshold")
     p.add_argument("--plots", action="store_true", help="(re)draw the plots beside the model")
     p.add_argument("--json", type=Path, help="also write the metrics here")
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="run the model as the service does with IMGSIM_INFERENCE_PRECISION (app/precision.py)",
+    )
     args = p.parse_args(argv)
 
     art = artifact.load(args.model_dir)
@@ -102,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         download=False,
     )
     threshold = args.threshold or card.threshold
-    emb = embed_all(art.module, bundle.test.images)
+    emb = embed_all(art.module, bundle.test.images, precision=args.precision)
     metrics = compute_metrics(
         emb, bundle.test.labels, threshold, bundle.classes, cfg.get("exclude_classes") or []
     )
     metrics["threshold"] = threshold
     metrics["model"] = card.name
     metrics["model_version"] = card.version
+    metrics["precision"] = args.precision
     if args.plots:
         from training import plots
 

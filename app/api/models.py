@@ -10,7 +10,7 @@ from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
 router = APIRouter(tags=["models"])
 
 # The card minus its training config (long, and of no use to a client) and the raw sha256.
-CARD_FIELDS = set(ModelInfo.model_fields) - {"name", "default"}
+CARD_FIELDS = set(ModelInfo.model_fields) - {"name", "default", "precision", "inference_workers"}
 
 
 @router.get(
@@ -24,6 +24,8 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
         ModelInfo(
             name=name,
             default=name == registry.default,
+            precision=served.batcher.precision if served.batcher else "float32",
+            inference_workers=served.batcher.workers if served.batcher else 0,
             **served.card.model_dump(include=CARD_FIELDS),
         )
         for name, served in registry.models.items()

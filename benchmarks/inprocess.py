@@ -1,7 +1,8 @@
 """Ceilings measured in this process, no HTTP: raw inference and training throughput.
 
-* ``inference_grid``: the exported TorchScript module on random uint8 batches, for each thread
-  count and batch size; the best cell is the most pairs/s any server of this model can reach.
+* ``inference_grid``: the exported TorchScript module on random uint8 batches, for each way of
+  running it (threads, parallel streams, precision) and batch size; the best cell is the most
+  pairs/s any server of this model can reach on this machine.
 * ``training_throughput``: a few optimiser steps of the model's own recipe (its card's training
   config: tower, loss, optimiser, augmentation) on a batch of random uint8 images, laid out
   channels_last as training/train.py does.
@@ -10,17 +11,37 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass
 
 import torch
 
 from app.artifact import Artifact, ModelCard
+from app.precision import Precision, autocast
+from app.precision import resolve as resolve_precision
+
+
+@dataclass(frozen=True)
+class InferenceSetup:
+    """How the model is run: ``streams`` threads side by side, each with ``threads`` intra-op
+    threads, at ``precision`` (the service's inference workers are streams of one thread)."""
+
+    threads: int
+    streams: int = 1
+    precision: Precision = "float32"
+
+    @property
+    def label(self) -> str:
+        run = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        if self.streams > 1:
+            run = f"{self.streams} streams x {run}"
+        return f"{run}, {self.precision}"
 
 
 @dataclass(frozen=True)
 class InferencePoint:
-    threads: int
+    setup: InferenceSetup
     batch: int
     images_per_s: float
 
@@ -29,33 +50,61 @@ class InferencePoint:
         return self.images_per_s / 2
 
 
+def ceiling_setups(thread_counts: list[int], cores: int) -> list[InferenceSetup]:
+    """Each thread count at float32, and at bfloat16 where this CPU has it natively; plus one
+    single-threaded stream per core, as the service's inference workers run."""
+    precisions: list[Precision] = ["float32"]
+    if resolve_precision("auto") == "bfloat16":
+        precisions.append("bfloat16")
+    setups = [InferenceSetup(t, 1, p) for p in precisions for t in thread_counts]
+    if cores > 1:
+        setups += [InferenceSetup(1, cores, p) for p in precisions]
+    return setups
+
+
 def inference_grid(
-    model: Artifact, batch_sizes: list[int], thread_counts: list[int], seconds: float
+    model: Artifact, batch_sizes: list[int], setups: list[InferenceSetup], seconds: float
 ) -> list[InferencePoint]:
     card = model.card
     before = torch.get_num_threads()
     points = []
     try:
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
+        for setup in setups:
+            torch.set_num_threads(setup.threads)
             for batch in batch_sizes:
                 x = torch.randint(0, 256, (batch, *_chw(card)), dtype=torch.uint8)  # (B, C, H, W)
-                rate = _images_per_s(model.module, x, seconds)
-                points.append(InferencePoint(threads, batch, rate))
+                rate = _images_per_s(model.module, x, seconds, setup)
+                points.append(InferencePoint(setup, batch, rate))
     finally:
         torch.set_num_threads(before)
     return points
 
 
-def _images_per_s(module: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
-    with torch.inference_mode():
-        for _ in range(2):  # TorchScript profiles and optimises on the first calls
-            module(x)
-        calls, started = 0, time.perf_counter()
-        while calls < 3 or time.perf_counter() - started < seconds:
-            module(x)
-            calls += 1
-        return calls * x.shape[0] / (time.perf_counter() - started)
+def _images_per_s(
+    module: torch.nn.Module, x: torch.Tensor, seconds: float, setup: InferenceSetup
+) -> float:
+    counts = [0] * setup.streams
+
+    def stream(i: int, until: float | None) -> None:
+        with torch.inference_mode(), autocast(setup.precision):
+            if until is None:  # TorchScript profiles and optimises on the first calls
+                for _ in range(2):
+                    module(x)
+                return
+            while counts[i] < 3 or time.perf_counter() < until:
+                module(x)
+                counts[i] += 1
+
+    stream(0, None)
+    started = time.perf_counter()
+    threads = [
+        threading.Thread(target=stream, args=(i, started + seconds)) for i in range(setup.streams)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) * x.shape[0] / (time.perf_counter() - started)
 
 
 def _chw(card: ModelCard) -> tuple[int, int, int]:

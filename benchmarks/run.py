@@ -14,7 +14,11 @@ real uvicorn processes on free ports, at each --concurrency:
 * naive: benchmarks/naive_server.py, the tutorial endpoint, at torch's default thread count and
   at 1 thread; targets compare against the better of the two.
 * floor: benchmarks/floor_server.py, the same upload and no image work: the HTTP ceiling.
-* model ceiling: the TorchScript module in this process, best of batch sizes x thread counts.
+* paired c=1: the service and the better naive setting, both up, measured in alternating short
+  rounds; the c=1 latency target uses the medians of these rounds, since back-to-back runs on a
+  shared machine swing by ~30% (the separate c=1 rows stay in the table).
+* model ceiling: the TorchScript module in this process, best of batch sizes x thread counts x
+  parallel streams x precisions (bfloat16 where the CPU has it).
 * training: images/s of the model's own recipe (training/), a batch of 256.
 
 Then the issue-5 targets as PASS/FAIL lines; exits 1 when one fails. Server logs and a JSON dump
@@ -26,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +43,13 @@ from app.artifact import Artifact
 from app.config import Settings
 from benchmarks import report
 from benchmarks.corpus import Corpus, load_corpus
-from benchmarks.inprocess import InferencePoint, TrainingPoint, inference_grid, training_throughput
+from benchmarks.inprocess import (
+    InferencePoint,
+    TrainingPoint,
+    ceiling_setups,
+    inference_grid,
+    training_throughput,
+)
 from benchmarks.loadgen import LoadResult, Request, build_request, run_load
 from benchmarks.servers import (
     MB,
@@ -53,7 +65,7 @@ from benchmarks.servers import (
 
 TARGET_CONCURRENCY = 32
 CACHED_PAIRS = 32  # 64 images: hits in any cache of 64 entries or more
-SKIPPABLE = ("naive", "floor", "ceiling", "training", "cache", "workers")
+SKIPPABLE = ("naive", "floor", "ceiling", "training", "cache", "workers", "paired")
 
 
 @dataclass
@@ -61,7 +73,7 @@ class Point:
     """One measured row: a server at one concurrency."""
 
     server: str  # service | service, cache hits | service, 2 workers | naive | floor
-    threads: str  # torch intra-op threads in the server
+    threads: str  # how the server runs the model: threads, workers, precision
     concurrency: int
     pairs_per_s: float
     p50_ms: float
@@ -96,6 +108,19 @@ class Point:
 
 
 @dataclass
+class Paired:
+    """p50 latency (ms) per alternating round at concurrency 1."""
+
+    naive_label: str
+    service_p50s: list[float]
+    naive_p50s: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.service_p50s) / statistics.median(self.naive_p50s)
+
+
+@dataclass
 class ModelResult:
     name: str
     card: str  # one-line summary
@@ -104,6 +129,7 @@ class ModelResult:
     ceiling: list[InferencePoint] = field(default_factory=list)
     training: TrainingPoint | None = None
     rss_mb: dict[str, float] = field(default_factory=dict)  # service: start, peak, repeat, end
+    paired: Paired | None = None  # alternating c=1 rounds, service vs naive
     checks: list[tuple[str, str, str]] = field(default_factory=list)  # (verdict, target, detail)
 
     def find(self, server: str, concurrency: int) -> Point | None:
@@ -143,6 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=3, help="timed steps after one warm-up")
     p.add_argument("--train-batch", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="the multi-worker line (mnist, c=32)")
+    p.add_argument("--paired-rounds", type=int, default=6, help="alternating c=1 rounds")
+    p.add_argument("--paired-seconds", type=float, default=1.5, help="per server per round")
     p.add_argument("--skip", nargs="*", default=[], choices=SKIPPABLE)
     p.add_argument(
         "--service-env",
@@ -234,9 +262,12 @@ def estimate_minutes(args: argparse.Namespace, models: int) -> float:
     points += 0 if "naive" in args.skip else 2 * levels
     points += 0 if "floor" in args.skip else levels
     starts = 4  # servers started (and stopped) per model, ~6 s each
-    ceiling = len(args.ceiling_batches) * len(args.ceiling_threads) * (args.ceiling_seconds + 0.5)
+    setups = len(ceiling_setups(args.ceiling_threads, os.cpu_count() or 1))
+    ceiling = len(args.ceiling_batches) * setups * (args.ceiling_seconds + 0.5)
     training = 10 * (args.train_steps + 1) if "training" not in args.skip else 0
-    total = models * (points * per_point + starts * 6 + ceiling + training)
+    paired = 12 + args.paired_rounds * 2 * (args.paired_seconds + 0.8)
+    paired *= "paired" not in args.skip
+    total = models * (points * per_point + starts * 6 + ceiling + training + paired)
     total += 0 if "workers" in args.skip else per_point + 8
     return total / 60
 
@@ -273,7 +304,7 @@ def measure(
         )
     point = Point.of(label, threads, r, rss, cpu["end"] - cpu["start"])
     print(
-        f"  {label:<22} threads {threads:<11} c={c:<3} {point.pairs_per_s:7.1f} pairs/s  "
+        f"  {label:<22} {threads:<32} c={c:<3} {point.pairs_per_s:7.1f} pairs/s  "
         f"p50 {point.p50_ms:6.1f} ms  p99 {point.p99_ms:6.1f} ms  errors {point.errors}  "
         f"RSS {point.rss_peak_mb:4.0f} MB  server {point.server_cpu_ms:5.2f} ms/pair  "
         f"client {point.client_cpu_us:3.0f} us/req",
@@ -289,9 +320,15 @@ def service_env(store: Path, args: argparse.Namespace, **settings: str) -> dict[
     return clean_env(IMGSIM_MODEL_STORE=str(store), **settings, **extra)
 
 
-def service_threads(env: dict[str, str]) -> str:
+def served_as(server: Server, name: str, env: dict[str, str]) -> str:
+    """How the service runs ``name``, from its /models: e.g. "2 workers x 1 thread, bfloat16"."""
+    info = next(m for m in json.loads(server.get_text("/models"))["models"] if m["name"] == name)
     threads = int(env.get("IMGSIM_TORCH_THREADS", Settings.model_fields["torch_threads"].default))
-    return str(Settings(torch_threads=threads).effective_torch_threads())
+    workers = info["inference_workers"]
+    return (
+        f"{workers} worker{'s' if workers > 1 else ''} x {threads} "
+        f"thread{'s' if threads > 1 else ''}, {info['precision']}"
+    )
 
 
 def one_model_store(model_dir: Path, tmp: Path) -> Path:
@@ -320,14 +357,13 @@ def bench_model(
     store = one_model_store(model_dir, tmp)
 
     if "ceiling" not in args.skip:
-        result.ceiling = inference_grid(
-            model, args.ceiling_batches, args.ceiling_threads, args.ceiling_seconds
-        )
+        setups = ceiling_setups(args.ceiling_threads, os.cpu_count() or 1)
+        result.ceiling = inference_grid(model, args.ceiling_batches, setups, args.ceiling_seconds)
         best = result.best_ceiling()
         assert best is not None
         print(
             f"  model ceiling: {best.pairs_per_s:.0f} pairs/s "
-            f"(batch {best.batch}, {best.threads} threads)"
+            f"(batch {best.batch}, {best.setup.label})"
         )
     if "training" not in args.skip:
         result.training = training_throughput(card, args.train_batch, args.train_steps)
@@ -339,8 +375,8 @@ def bench_model(
             result.points.append(measure(floor, "floor", "-", cold, c, args))
 
     env = service_env(store, args, IMGSIM_CACHE_ENTRIES="0")
-    threads = service_threads(env)
     with Server.start(f"service-{name}", service_cmd(), env, run_dir) as server:
+        threads = served_as(server, name, env)
         # Warm up once so "start" is the steady state, not the freshly loaded process.
         run_load("127.0.0.1", server.port, cold, 8, seconds=args.warmup, warmup_s=0)
         rss_start = RssSampler(server.pid).sample()
@@ -375,10 +411,51 @@ def bench_model(
             env = clean_env(BENCH_MODEL_DIR=str(model_dir), BENCH_TORCH_THREADS=setting)
             cmd = uvicorn_cmd("benchmarks.naive_server:create_app")
             with Server.start(f"naive-{name}-t{setting}", cmd, env, run_dir, "/healthz") as server:
-                actual = str(json.loads(server.get_text("/healthz"))["torch_threads"])
-                label = actual if setting == "1" else f"{actual} (default)"
+                actual = json.loads(server.get_text("/healthz"))["torch_threads"]
+                label = f"{actual} thread{'s' if actual > 1 else ''}"
+                label += ", float32" if setting == "1" else " (default), float32"
                 for c in args.concurrency:
                     result.points.append(measure(server, "naive", label, cold, c, args))
+        naive1 = result.best_naive(1, "p50_ms")
+        if "paired" not in args.skip and naive1 is not None:
+            result.paired = paired_c1(name, store, model_dir, naive1.threads, cold, args, run_dir)
+    return result
+
+
+def paired_c1(
+    name: str,
+    store: Path,
+    model_dir: Path,
+    naive_label: str,
+    reqs: list[Request],
+    args: argparse.Namespace,
+    run_dir: Path,
+) -> Paired:
+    """The service and the naive server both up, measured at c=1 in alternating rounds."""
+    setting = "1" if naive_label.startswith("1 thread,") else "0"
+    naive_env = clean_env(BENCH_MODEL_DIR=str(model_dir), BENCH_TORCH_THREADS=setting)
+    naive_cmd = uvicorn_cmd("benchmarks.naive_server:create_app")
+    svc_env = service_env(store, args, IMGSIM_CACHE_ENTRIES="0")
+    result = Paired(naive_label, [], [])
+    with (
+        Server.start(f"paired-service-{name}", service_cmd(), svc_env, run_dir) as svc,
+        Server.start(f"paired-naive-{name}", naive_cmd, naive_env, run_dir, "/healthz") as naive,
+    ):
+        pair = [(svc, result.service_p50s), (naive, result.naive_p50s)]
+        for server, _ in pair:
+            run_load("127.0.0.1", server.port, reqs, 1, seconds=args.warmup, warmup_s=0)
+        for i in range(args.paired_rounds):
+            for server, p50s in pair if i % 2 == 0 else pair[::-1]:
+                r = run_load(
+                    "127.0.0.1", server.port, reqs, 1, seconds=args.paired_seconds, warmup_s=0.3
+                )
+                p50s.append(r.percentile_ms(50))
+    print(
+        f"  paired c=1 over {args.paired_rounds} rounds: service p50 "
+        f"{statistics.median(result.service_p50s):.2f} ms, naive "
+        f"{statistics.median(result.naive_p50s):.2f} ms (x{result.ratio:.2f})",
+        flush=True,
+    )
     return result
 
 
@@ -397,7 +474,8 @@ def bench_workers(
     print(f"\n== {label} ({name})", flush=True)
     cmd = service_cmd(workers=args.workers)
     with Server.start(f"service-{name}-w{args.workers}", cmd, env, run_dir) as server:
-        point = measure(server, label, service_threads(env), cold, TARGET_CONCURRENCY, args)
+        served = served_as(server, name, env)
+        point = measure(server, label, served, cold, TARGET_CONCURRENCY, args)
         pids = process_tree(server.pid)
         pss = pss_bytes(pids) / MB
     by_name[name].points.append(point)
@@ -435,7 +513,7 @@ def check_targets(r: ModelResult) -> None:
                 ratio >= 1.8,
                 f"c={c}: >= 1.8x naive pairs/s",
                 f"{svc.pairs_per_s:.0f} vs {naive_best.pairs_per_s:.0f} "
-                f"(naive, {naive_best.threads} threads) = x{ratio:.2f}",
+                f"(naive, {naive_best.threads}) = x{ratio:.2f}",
             )
     if svc is not None and limits:
         which, bound = min(limits, key=lambda x: x[1])
@@ -459,12 +537,21 @@ def check_targets(r: ModelResult) -> None:
                 f"{svc.pairs_per_s:.0f} vs {floor.pairs_per_s:.0f} = {share:.0%}",
             )
     svc1, naive1 = r.find("service", 1), r.best_naive(1, "p50_ms")
-    if svc1 is not None and naive1 is not None:
+    if r.paired is not None:
+        pr = r.paired
+        add(
+            pr.ratio <= 1.1,
+            "c=1: p50 <= 1.1x naive",
+            f"{statistics.median(pr.service_p50s):.2f} ms vs "
+            f"{statistics.median(pr.naive_p50s):.2f} ms (naive, {pr.naive_label}) = "
+            f"x{pr.ratio:.2f}; medians of {len(pr.service_p50s)} alternating rounds",
+        )
+    elif svc1 is not None and naive1 is not None:
         ratio = svc1.p50_ms / naive1.p50_ms
         add(
             ratio <= 1.1,
             "c=1: p50 <= 1.1x naive",
-            f"{svc1.p50_ms:.2f} ms vs {naive1.p50_ms:.2f} ms (naive, {naive1.threads} threads)"
+            f"{svc1.p50_ms:.2f} ms vs {naive1.p50_ms:.2f} ms (naive, {naive1.threads})"
             f" = x{ratio:.2f}",
         )
     elif svc1 is not None:
@@ -528,7 +615,7 @@ def render(
         ]
         headers = [
             "server",
-            "torch threads",
+            "inference",
             "concurrency",
             "pairs/s",
             "p50 ms",
@@ -544,19 +631,17 @@ def render(
             best = r.best_ceiling()
             assert best is not None
             batches = sorted({p.batch for p in r.ceiling})
-            grid = {(p.threads, p.batch): p.images_per_s for p in r.ceiling}
+            grid = {(p.setup, p.batch): p.images_per_s for p in r.ceiling}
+            setups = list(dict.fromkeys(p.setup for p in r.ceiling))
             grid_rows = [
-                [
-                    f"{t} thread{'s' if t > 1 else ''}",
-                    *(grid.get((t, b), math.nan) for b in batches),
-                ]
-                for t in sorted({p.threads for p in r.ceiling})
+                [setup.label, *(grid.get((setup, b), math.nan) for b in batches)]
+                for setup in setups
             ]
             out += [
                 f"Model ceiling, images/s of inference alone (TorchScript, in-process, random "
                 f"uint8 input): best {best.images_per_s:.0f} images/s = "
-                f"**{best.pairs_per_s:.0f} pairs/s** at batch {best.batch}, "
-                f"{best.threads} thread(s).",
+                f"**{best.pairs_per_s:.0f} pairs/s** at batch {best.batch}, {best.setup.label}. "
+                "Streams: that many threads side by side, as the service's inference workers.",
                 "",
                 report.table(["", *(f"batch {b}" for b in batches)], grid_rows),
                 "",

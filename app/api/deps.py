@@ -1,11 +1,11 @@
-"""Annotated dependencies: settings, registry, embedder, the requested model, shared form fields."""
+"""Annotated dependencies: settings, metrics, registry, an image route's job, shared form fields."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Form, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 
 from app.config import Settings
 from app.embedding import Embedder
@@ -13,7 +13,6 @@ from app.metrics import Metrics
 from app.registry import ModelUnavailable, Registry, ServedModel, UnknownModel
 
 RETRY_AFTER_S = "1"
-TEXT_FIELDS = ("model", "threshold")  # the optional text fields of the image endpoints
 
 
 def not_ready_reason(request: Request) -> str | None:
@@ -37,20 +36,12 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 async def get_registry(request: Request) -> Registry:
-    reason = not_ready_reason(request)
-    if reason is not None:
-        raise HTTPException(503, detail=f"not ready: {reason}", headers={"Retry-After": "5"})
-    return request.app.state.registry
-
-
-async def get_embedder(request: Request) -> Embedder:
-    return request.app.state.embedder
+    return _ready_registry(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 
 ModelName = Annotated[
     str | None,
@@ -75,37 +66,36 @@ Threshold = Annotated[
 ]
 
 
-async def resolve_model(
-    request: Request, registry: RegistryDep, model: ModelName = None
-) -> ServedModel:
+def _ready_registry(request: Request) -> Registry:
+    reason = not_ready_reason(request)
+    if reason is not None:
+        raise HTTPException(503, detail=f"not ready: {reason}", headers={"Retry-After": "5"})
+    return request.app.state.registry
+
+
+@dataclass(frozen=True, slots=True)
+class ImageJob:
+    """What an image route needs: the requested model and the service parts that embed for it."""
+
+    model: ServedModel
+    embedder: Embedder
+    settings: Settings
+    metrics: Metrics
+
+
+async def image_job(request: Request, model: ModelName = None) -> ImageJob:
+    # One dependency for the image routes, not one per part: FastAPI solves each dependency
+    # anew per request (re-reading the form for each), a measured ~0.3 ms of the event loop's
+    # ~1 ms per /similarity (benchmarks/README.md).
     try:
-        served = registry.get(model)
+        served = _ready_registry(request).get(model)
     except UnknownModel as e:
         raise HTTPException(404, detail=str(e)) from e
     except ModelUnavailable as e:
         raise HTTPException(503, detail=str(e), headers={"Retry-After": "30"}) from e
     request.state.model = served.name  # for the access log
-    return served
+    state = request.app.state
+    return ImageJob(served, state.embedder, state.settings, state.metrics)
 
 
-ModelDep = Annotated[ServedModel, Depends(resolve_model)]
-
-
-async def reject_empty_fields(request: Request) -> None:
-    """422 for a text field sent empty. FastAPI reads "" in a form as absent, which would
-    silently turn `threshold=` into the model's default; a client that sends a field means it."""
-    form = await request.form()  # already parsed by the route: cached
-    empty = [
-        k for k in TEXT_FIELDS for v in form.getlist(k) if isinstance(v, str) and not v.strip()
-    ]
-    if empty:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "string_too_short",
-                    "loc": ("body", name),
-                    "msg": "must not be empty; leave the field out to use its default",
-                }
-                for name in empty
-            ]
-        )
+ImageJobDep = Annotated[ImageJob, Depends(image_job)]

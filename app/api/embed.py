@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.api.deps import EmbedderDep, MetricsDep, ModelDep, SettingsDep, reject_empty_fields
+from app.api.deps import ImageJobDep
 from app.api.uploads import ImageFile, UploadRoute, embed_uploads, max_files
 from app.schemas import EmbedResponse, errors
 
-router = APIRouter(
-    tags=["embed"], route_class=UploadRoute, dependencies=[Depends(reject_empty_fields)]
-)
+router = APIRouter(tags=["embed"], route_class=UploadRoute)
 
 
 @router.post(
@@ -22,12 +20,10 @@ router = APIRouter(
 @max_files(lambda s: 1)
 async def embed(
     image: ImageFile,
-    model: ModelDep,
-    embedder: EmbedderDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    job: ImageJobDep,
 ) -> EmbedResponse:
-    (emb,) = await embed_uploads([("image", image)], model, embedder, settings, metrics)
+    (emb,) = await embed_uploads([("image", image)], job)
+    model = job.model
     return EmbedResponse(
         model=model.name, model_version=model.card.version, dim=emb.numel(), embedding=emb.tolist()
     )

@@ -5,16 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, UploadFile
 
-from app.api.deps import (
-    EmbedderDep,
-    MetricsDep,
-    ModelDep,
-    SettingsDep,
-    Threshold,
-    reject_empty_fields,
-)
+from app.api.deps import ImageJobDep, Threshold
 from app.api.uploads import (
     ImageFile,
     UploadRoute,
@@ -34,9 +27,7 @@ from app.schemas import (
     errors,
 )
 
-router = APIRouter(
-    tags=["similarity"], route_class=UploadRoute, dependencies=[Depends(reject_empty_fields)]
-)
+router = APIRouter(tags=["similarity"], route_class=UploadRoute)
 
 _ERRORS = errors(400, 401, 403, 404, 413, 422, 503)
 
@@ -51,14 +42,10 @@ _ERRORS = errors(400, 401, 403, 404, 413, 422, 503)
 async def similarity(
     image_a: ImageFile,
     image_b: ImageFile,
-    model: ModelDep,
-    embedder: EmbedderDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    job: ImageJobDep,
 ) -> SimilarityResponse:
-    a, b = await embed_uploads(
-        [("image_a", image_a), ("image_b", image_b)], model, embedder, settings, metrics
-    )
+    a, b = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
+    model = job.model
     d = distance(a, b)
     return SimilarityResponse(
         model=model.name,
@@ -83,12 +70,10 @@ async def one_to_many(
     candidates: Annotated[
         list[UploadFile], File(description="1 to max_candidates (64) images to rank")
     ],
-    model: ModelDep,
-    embedder: EmbedderDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    job: ImageJobDep,
     threshold: Threshold = None,
 ) -> OneToManyResponse:
+    model, settings, metrics = job.model, job.settings, job.metrics
     if len(candidates) > settings.max_candidates:
         raise HTTPException(
             422, detail=f"at most {settings.max_candidates} candidates; got {len(candidates)}"
@@ -96,7 +81,7 @@ async def one_to_many(
     blobs = [await read_image(query, "query", settings, metrics)]
     for i, upload in enumerate(candidates):
         blobs.append(await read_image(upload, f"candidates[{i}]", settings, metrics))
-    query_emb, *candidate_embs = await embedder.embed(model, blobs)
+    query_emb, *candidate_embs = await job.embedder.embed(model, blobs)
     if isinstance(query_emb, ImageError):
         raise image_error("query", query_emb)
 
@@ -128,17 +113,15 @@ async def one_to_many(
 @max_files(lambda s: s.max_matrix_images)
 async def matrix(
     images: Annotated[list[UploadFile], File(description="2 to max_matrix_images (64) images")],
-    model: ModelDep,
-    embedder: EmbedderDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    job: ImageJobDep,
 ) -> MatrixResponse:
+    model, settings = job.model, job.settings
     if not 2 <= len(images) <= settings.max_matrix_images:
         raise HTTPException(
             422, detail=f"send 2 to {settings.max_matrix_images} images; got {len(images)}"
         )
     named = [(f"images[{i}]", upload) for i, upload in enumerate(images)]
-    embs = await embed_uploads(named, model, embedder, settings, metrics)
+    embs = await embed_uploads(named, job)
     distances = distance_matrix(torch.stack(embs))  # (N, N)
     return MatrixResponse(
         model=model.name, model_version=model.card.version, distances=distances.tolist()

@@ -7,6 +7,8 @@ routes that take images use :class:`UploadRoute`, which per request
 * refuses a Content-Length over ``files * max_upload_bytes + slack`` before reading (413),
 * stops reading a body without Content-Length once it passes that cap (413),
 * parses the form with ``max_files``/``max_fields`` = ``max_parts`` (400 beyond it),
+* refuses a text field sent empty (422): FastAPI reads "" in a form as absent, which would
+  silently turn ``threshold=`` into the model's default; a client that sends a field means it,
 
 and :func:`read_image` then holds every part to ``max_upload_bytes`` (413).
 """
@@ -19,14 +21,15 @@ from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import File, HTTPException, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.datastructures import FormData
 from starlette.types import Message, Receive
 
+from app.api.deps import ImageJob
 from app.config import Settings
-from app.embedding import Embedder
 from app.images import ACCEPTED, ImageError, TooLarge
 from app.metrics import Metrics
-from app.registry import ServedModel
 
 SLACK_BYTES = 1024 * 1024  # multipart headers and the small text fields
 _CHUNK = 1024 * 1024
@@ -65,10 +68,31 @@ class UploadRoute(APIRoute):
                 raise HTTPException(413, detail=_too_big(cap))
             capped = Request(request.scope, _capped_receive(request.receive, cap))
             # Parsed here with our limits; FastAPI's own request.form() then gets this cached form.
-            await capped.form(max_files=settings.max_parts, max_fields=settings.max_parts)
+            form = await capped.form(max_files=settings.max_parts, max_fields=settings.max_parts)
+            _reject_empty_fields(form)
             return await handler(capped)
 
         return capped_handler
+
+
+TEXT_FIELDS = ("model", "threshold")  # the optional text fields of the image endpoints
+
+
+def _reject_empty_fields(form: FormData) -> None:
+    empty = [
+        k for k in TEXT_FIELDS for v in form.getlist(k) if isinstance(v, str) and not v.strip()
+    ]
+    if empty:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_short",
+                    "loc": ("body", name),
+                    "msg": "must not be empty; leave the field out to use its default",
+                }
+                for name in empty
+            ]
+        )
 
 
 def _capped_receive(receive: Receive, cap: int) -> Receive:
@@ -116,15 +140,11 @@ def image_error(field: str, error: ImageError) -> HTTPException:
 
 
 async def embed_uploads(
-    named: Sequence[tuple[str, UploadFile]],
-    model: ServedModel,
-    embedder: Embedder,
-    settings: Settings,
-    metrics: Metrics,
+    named: Sequence[tuple[str, UploadFile]], job: ImageJob
 ) -> list[torch.Tensor]:
     """Read, decode and embed every upload, or raise the first upload's error."""
-    blobs = [await read_image(upload, field, settings, metrics) for field, upload in named]
-    results = await embedder.embed(model, blobs)
+    blobs = [await read_image(upload, field, job.settings, job.metrics) for field, upload in named]
+    results = await job.embedder.embed(job.model, blobs)
     embs: list[torch.Tensor] = []
     for (field, _), result in zip(named, results, strict=True):
         if isinstance(result, ImageError):

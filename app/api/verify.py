@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.api.deps import (
-    EmbedderDep,
-    MetricsDep,
-    ModelDep,
-    SettingsDep,
-    Threshold,
-    reject_empty_fields,
-)
+from app.api.deps import ImageJobDep, Threshold
 from app.api.uploads import ImageFile, UploadRoute, embed_uploads, max_files
 from app.embedding import distance as euclidean
 from app.schemas import VerifyResponse, errors
 
-router = APIRouter(
-    tags=["similarity"], route_class=UploadRoute, dependencies=[Depends(reject_empty_fields)]
-)
+router = APIRouter(tags=["similarity"], route_class=UploadRoute)
 
 
 @router.post(
@@ -31,15 +22,11 @@ router = APIRouter(
 async def verify(
     image_a: ImageFile,
     image_b: ImageFile,
-    model: ModelDep,
-    embedder: EmbedderDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    job: ImageJobDep,
     threshold: Threshold = None,
 ) -> VerifyResponse:
-    a, b = await embed_uploads(
-        [("image_a", image_a), ("image_b", image_b)], model, embedder, settings, metrics
-    )
+    a, b = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
+    model = job.model
     distance = euclidean(a, b)
     applied = model.card.threshold if threshold is None else threshold
     return VerifyResponse(

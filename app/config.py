@@ -22,6 +22,13 @@ from app.precision import PrecisionSetting
 SPLIT_MIN_FORWARD_MS = 2.0
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a cpuset-limited container sees its own), not the host's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGSIM_", extra="ignore")
 
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
             return self.inference_workers
         if forward_ms < SPLIT_MIN_FORWARD_MS:
             return 1
-        return max(1, (os.cpu_count() or 1) // (self.workers * self.torch_threads))
+        return max(1, usable_cores() // (self.workers * self.torch_threads))
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys: a JSON list, a file with one key per line, or comma-separated."""

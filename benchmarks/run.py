@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 
 from app import artifact
 from app.artifact import Artifact
-from app.config import Settings
+from app.config import Settings, usable_cores
 from benchmarks import report
 from benchmarks.corpus import Corpus, load_corpus
 from benchmarks.inprocess import (
@@ -262,7 +261,7 @@ def estimate_minutes(args: argparse.Namespace, models: int) -> float:
     points += 0 if "naive" in args.skip else 2 * levels
     points += 0 if "floor" in args.skip else levels
     starts = 4  # servers started (and stopped) per model, ~6 s each
-    setups = len(ceiling_setups(args.ceiling_threads, os.cpu_count() or 1))
+    setups = len(ceiling_setups(args.ceiling_threads, usable_cores()))
     ceiling = len(args.ceiling_batches) * setups * (args.ceiling_seconds + 0.5)
     training = 10 * (args.train_steps + 1) if "training" not in args.skip else 0
     paired = 12 + args.paired_rounds * 2 * (args.paired_seconds + 0.8)
@@ -357,7 +356,7 @@ def bench_model(
     store = one_model_store(model_dir, tmp)
 
     if "ceiling" not in args.skip:
-        setups = ceiling_setups(args.ceiling_threads, os.cpu_count() or 1)
+        setups = ceiling_setups(args.ceiling_threads, usable_cores())
         result.ceiling = inference_grid(model, args.ceiling_batches, setups, args.ceiling_seconds)
         best = result.best_ceiling()
         assert best is not None

@@ -58,11 +58,9 @@ def test_the_queue_must_hold_the_largest_request():
 
 
 def test_inference_workers_a_core_each_for_a_slow_model_one_for_a_tiny_one():
-    import os
+    from app.config import SPLIT_MIN_FORWARD_MS, usable_cores
 
-    from app.config import SPLIT_MIN_FORWARD_MS
-
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     slow, tiny = SPLIT_MIN_FORWARD_MS * 2, SPLIT_MIN_FORWARD_MS / 2
     assert Settings(workers=1).inference_workers_for(slow) == cores
     assert Settings(workers=1).inference_workers_for(tiny) == 1

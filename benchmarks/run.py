@@ -325,7 +325,7 @@ def served_as(server: Server, name: str, env: dict[str, str]) -> str:
     threads = int(env.get("IMGSIM_TORCH_THREADS", Settings.model_fields["torch_threads"].default))
     workers = info["inference_workers"]
     return (
-        f"{workers} worker{'s' if workers > 1 else ''} x {threads} "
+        f"{workers} inference worker{'s' if workers > 1 else ''} x {threads} "
         f"thread{'s' if threads > 1 else ''}, {info['precision']}"
     )
 

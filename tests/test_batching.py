@@ -67,6 +67,13 @@ async def wait_until(event: threading.Event) -> None:
     assert await asyncio.to_thread(event.wait, 10)
 
 
+def assert_unbatched(got: list[torch.Tensor], tower: torch.nn.Module, xs: list[torch.Tensor]):
+    """Each answer equals the whole set run through ``tower`` at once, in order."""
+    with torch.inference_mode():
+        expected = tower(torch.stack(xs))
+    torch.testing.assert_close(torch.stack(got), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_batched_results_equal_unbatched_forward():
     torch.manual_seed(0)
     tower = artifact.script(TinyTower(1).eval())
@@ -84,10 +91,7 @@ def test_batched_results_equal_unbatched_forward():
         await batcher.stop()
         return out
 
-    got = torch.stack(asyncio.run(run()))
-    with torch.inference_mode():
-        expected = tower(torch.stack(xs))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert_unbatched(asyncio.run(run()), tower, xs)
     assert recorder.sizes == [1, 16, 16, 7]  # really batched, never over max_batch_size
 
 
@@ -308,10 +312,7 @@ def test_several_workers_still_batch_and_keep_each_answer_with_its_image():
         await batcher.stop()
         return out
 
-    got = torch.stack(asyncio.run(run()))
-    with torch.inference_mode():
-        expected = tower(torch.stack(xs))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert_unbatched(asyncio.run(run()), tower, xs)
     assert max(recorder.sizes) <= 8 and sum(recorder.sizes) == 64
     assert max(recorder.sizes) > 1  # 64 requests at once: some shared a forward pass
 

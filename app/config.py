@@ -52,16 +52,16 @@ class Settings(BaseSettings):
     # Inference: each model gets `inference_workers` threads taking batches off its queue, each
     # running the forward pass on `torch_threads` cores. One thread per worker on purpose: on a
     # busy 2-core box a two-thread torch (OpenMP) team waits at every barrier for the core the
-    # event loop holds, where two single-threaded workers just share the cores (on this
-    # project's machine: cifar10 at concurrency 32, 268 vs 235 pairs/s; benchmarks/RESULTS.md).
+    # event loop holds, where two single-threaded workers just share the cores (A/B runs on
+    # this project's 2-core machine, cifar10 at concurrency 32: 268 vs 235 pairs/s).
     # 0 workers = auto: cores / (processes x torch_threads) for a model whose one-image forward
     # takes at least SPLIT_MIN_FORWARD_MS, else 1; for a tiny model the hand-offs between
     # workers cost more than the second core gives back (mnist: 610 pairs/s with 1, 456 with 2).
     torch_threads: int = Field(1, gt=0)
     inference_workers: int = Field(0, ge=0)
     # Number format of the forward pass (app/precision.py): "auto" = bfloat16 on a CPU that
-    # computes it natively (1.6x on the cifar10 tower at batch 64, same test accuracy), else
-    # float32.
+    # computes it natively (the cifar10 tower 1.4-1.8x as fast at batch 32-64, the same test
+    # accuracy), else float32.
     inference_precision: PrecisionSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off

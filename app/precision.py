@@ -5,11 +5,12 @@
         emb = module(x)                  # still float32 (N, D) out: the contract does not change
 
 Under bfloat16 autocast the convolutions and matmuls run in bf16 with float32 accumulation, on
-oneDNN's native bf16 kernels (AVX512-BF16 or AMX). On this project's 2-core EPYC that serves the
-cifar10 tower 1.6x faster at batch 64 and the mnist tower 1.3x (benchmarks/RESULTS.md); the
-embeddings move by a few 1e-3, and tests/test_shipped_models.py checks that both shipped models
-still meet their accuracy targets served this way. Without native support oneDNN emulates bf16,
-slower than float32, so "auto" only picks it where the instructions exist.
+oneDNN's native bf16 kernels (AVX512-BF16 or AMX). On this project's 2-core EPYC the model
+ceiling grid of benchmarks/RESULTS.md has the cifar10 tower 1.4-1.8x and the mnist tower
+1.3-1.6x as fast as in float32 at batch 32-64; the embeddings move by a few 1e-3, and
+tests/test_shipped_models.py checks that both shipped models still meet their accuracy targets
+served this way. Without native support oneDNN emulates bf16, slower than float32, so "auto"
+only picks it where the instructions exist.
 """
 
 from __future__ import annotations

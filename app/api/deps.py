@@ -85,8 +85,7 @@ class ImageJob:
 
 async def image_job(request: Request, model: ModelName = None) -> ImageJob:
     # One dependency for the image routes, not one per part: FastAPI solves each dependency
-    # anew per request (re-reading the form for each), a measured ~0.3 ms of the event loop's
-    # ~1 ms per /similarity (benchmarks/README.md).
+    # anew on every request, re-reading the form for each (7 solves per /similarity before).
     try:
         served = _ready_registry(request).get(model)
     except UnknownModel as e:

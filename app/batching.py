@@ -105,7 +105,7 @@ class Batcher:
             thread.start()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new work, finish what is queued, join the worker."""
+        """Refuse new work, finish what is queued, join the workers."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()

@@ -129,6 +129,7 @@ class ModelResult:
     training: TrainingPoint | None = None
     rss_mb: dict[str, float] = field(default_factory=dict)  # service: start, peak, repeat, end
     paired: Paired | None = None  # alternating c=1 rounds, service vs naive
+    naive_settings: dict[str, str] = field(default_factory=dict)  # label -> BENCH_TORCH_THREADS
     checks: list[tuple[str, str, str]] = field(default_factory=list)  # (verdict, target, detail)
 
     def find(self, server: str, concurrency: int) -> Point | None:
@@ -320,7 +321,8 @@ def service_env(store: Path, args: argparse.Namespace, **settings: str) -> dict[
 
 
 def served_as(server: Server, name: str, env: dict[str, str]) -> str:
-    """How the service runs ``name``, from its /models: e.g. "2 workers x 1 thread, bfloat16"."""
+    """How the service runs ``name``, from its /models, e.g.
+    "2 inference workers x 1 thread, bfloat16"."""
     info = next(m for m in json.loads(server.get_text("/models"))["models"] if m["name"] == name)
     threads = int(env.get("IMGSIM_TORCH_THREADS", Settings.model_fields["torch_threads"].default))
     workers = info["inference_workers"]
@@ -413,11 +415,15 @@ def bench_model(
                 actual = json.loads(server.get_text("/healthz"))["torch_threads"]
                 label = f"{actual} thread{'s' if actual > 1 else ''}"
                 label += ", float32" if setting == "1" else " (default), float32"
+                result.naive_settings[label] = setting
                 for c in args.concurrency:
                     result.points.append(measure(server, "naive", label, cold, c, args))
         naive1 = result.best_naive(1, "p50_ms")
         if "paired" not in args.skip and naive1 is not None:
-            result.paired = paired_c1(name, store, model_dir, naive1.threads, cold, args, run_dir)
+            setting = result.naive_settings[naive1.threads]
+            result.paired = paired_c1(
+                name, store, model_dir, naive1.threads, setting, cold, args, run_dir
+            )
     return result
 
 
@@ -426,13 +432,14 @@ def paired_c1(
     store: Path,
     model_dir: Path,
     naive_label: str,
+    naive_setting: str,
     reqs: list[Request],
     args: argparse.Namespace,
     run_dir: Path,
 ) -> Paired:
-    """The service and the naive server both up, measured at c=1 in alternating rounds."""
-    setting = "1" if naive_label.startswith("1 thread,") else "0"
-    naive_env = clean_env(BENCH_MODEL_DIR=str(model_dir), BENCH_TORCH_THREADS=setting)
+    """The service and the naive server (at BENCH_TORCH_THREADS=``naive_setting``) both up,
+    measured at c=1 in alternating rounds."""
+    naive_env = clean_env(BENCH_MODEL_DIR=str(model_dir), BENCH_TORCH_THREADS=naive_setting)
     naive_cmd = uvicorn_cmd("benchmarks.naive_server:create_app")
     svc_env = service_env(store, args, IMGSIM_CACHE_ENTRIES="0")
     result = Paired(naive_label, [], [])

@@ -59,7 +59,8 @@ def test_models_lists_the_cards(client):
     assert mnist["calibration"]["slope"] == CALIBRATION.slope
     assert len(mnist["version"]) == 12
     assert "training" not in mnist and "sha256" not in mnist
-    assert mnist["precision"] == "float32" and mnist["inference_workers"] >= 1
+    # auto: the tiny test tower answers in well under SPLIT_MIN_FORWARD_MS, so one worker
+    assert mnist["precision"] == "float32" and mnist["inference_workers"] == 1
 
 
 def test_models_says_how_each_model_is_run(make_settings):

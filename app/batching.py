@@ -251,8 +251,9 @@ class Batcher:
         results: list[torch.Tensor | Exception]
         try:
             out = self._forward(torch.stack(xs))  # (B, D)
-            # clone each row: a cached embedding must not keep its whole batch alive
-            results = [row.clone() for row in out]
+            # Rows copied by numpy: a cached embedding must not keep its whole batch alive, and
+            # B torch clones would release and retake the GIL B times (see _rows).
+            results = _rows(out)
         except Exception:
             logger.warning(
                 "batcher %s: batched forward of %d failed; retrying one by one",
@@ -276,6 +277,15 @@ class Batcher:
         if out.ndim != 2 or out.shape[0] != x.shape[0]:
             raise RuntimeError(f"model returned {tuple(out.shape)} for a batch of {x.shape[0]}")
         return out.float()
+
+
+def _rows(out: torch.Tensor) -> list[torch.Tensor]:
+    """(B, D) -> B tensors (D,) with their own memory.
+
+    With numpy, not torch: every torch call from Python releases the GIL, and while the event
+    loop is busy each release costs this thread a wait to get it back, and the loop a switch.
+    """
+    return [torch.from_numpy(row.copy()) for row in out.numpy()]
 
 
 def _resolve(item: _Item, result: torch.Tensor | BaseException) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from app import images
@@ -144,7 +146,10 @@ def _distinct(blobs: Sequence[bytes]) -> tuple[list[bytes], list[int]]:
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Euclidean distance between two embeddings (D,), the metric every ModelCard uses."""
-    return float(torch.linalg.vector_norm(a - b))
+    # numpy on views of the tensors: this runs on the event loop, where a torch call would
+    # release the GIL to the inference workers and wait to get it back.
+    d = a.numpy() - b.numpy()
+    return math.sqrt(float(np.dot(d, d)))
 
 
 def distance_matrix(embs: torch.Tensor) -> torch.Tensor:

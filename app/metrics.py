@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as instrumentation
 
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -56,8 +57,13 @@ class Metrics:
 
 def instrument(app: FastAPI, metrics: Metrics) -> None:
     """Count requests and latency by route template (not raw path) and exact status code."""
+    # Only the request counter and one latency histogram: the default set also sizes every
+    # request and response and keeps a second histogram, all on the event loop per request.
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=["/metrics"],
         registry=metrics.registry,
+    ).add(
+        instrumentation.requests(registry=metrics.registry),
+        instrumentation.latency(buckets=_SECONDS, registry=metrics.registry),
     ).instrument(app)

@@ -7,22 +7,26 @@ the id too, so a client's report can be matched to the server's lines.
 
 from __future__ import annotations
 
+import atexit
+import copy
 import itertools
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
+import threading
 import time
 import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_HANDLER_MARK = "_imgsim_handler"
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
@@ -48,6 +52,8 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted before the hand-off to the logging thread
+            line["exc"] = record.exc_text
         return json.dumps(line, default=str)
 
 
@@ -58,16 +64,83 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _HandOff(logging.handlers.QueueHandler):
+    """Queues records for the :class:`_LogWriter` thread. The caller keeps only what must happen
+    on its own thread: the request id (a context variable), the message and the traceback."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)  # other handlers (pytest's caplog) see the original
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_PLAIN = logging.Formatter()
+
+
+class _LogWriter:
+    """Formats queued records and writes them to ``stream`` in one write every ``interval_s``.
+
+    Writing each access line as it happens cost a fifth of mnist's throughput at concurrency 32
+    (A/B: 595 vs 735 pairs/s with access lines off), and so did a stdlib QueueListener, which
+    wakes for every record: each write or wake-up hands the GIL to a busy inference worker and
+    waits to get it back. One wake-up per interval costs next to nothing; a line is at most
+    ``interval_s`` late, and what is queued is written at exit.
+    """
+
+    def __init__(self, stream: TextIO, interval_s: float = 0.05) -> None:
+        self.records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self.stream = stream
+        self.formatter: logging.Formatter = JsonFormatter()
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        lines: list[str] = []
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                lines.append(self.formatter.format(record))
+            except Exception:  # a bad record must not stop the log
+                lines.append(json.dumps({"level": "ERROR", "msg": f"unloggable: {record.msg!r}"}))
+        if lines:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing to tell anyone
+                pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        self.flush()
+
+
 def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
-    """Install one stderr handler on the root logger; safe to call again (replaces its format)."""
+    """Log to stderr through one background writer (see _LogWriter); safe to call again: it
+    replaces the format and level."""
     root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, _HANDLER_MARK, False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        setattr(handler, _HANDLER_MARK, True)
-        handler.addFilter(_RequestIdFilter())
-        root.addHandler(handler)
-    handler.setFormatter(
+    handoff = next((h for h in root.handlers if isinstance(h, _HandOff)), None)
+    if handoff is None:
+        writer = _LogWriter(sys.stderr)
+        handoff = _HandOff(writer.records)
+        handoff.writer = writer  # type: ignore[attr-defined]
+        handoff.addFilter(_RequestIdFilter())
+        root.addHandler(handoff)
+    handoff.writer.formatter = (  # type: ignore[attr-defined]
         JsonFormatter()
         if json_logs
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import re
@@ -12,7 +13,14 @@ from fastapi.testclient import TestClient
 from image_bytes import multipart_files
 
 from app.main import create_app
-from app.observability import JsonFormatter, clean_request_id
+from app.observability import (
+    JsonFormatter,
+    _HandOff,
+    _LogWriter,
+    _RequestIdFilter,
+    clean_request_id,
+    request_id_var,
+)
 
 KEY = "s3cret-api-key-value"
 
@@ -111,3 +119,37 @@ def test_server_errors_are_logged_with_traceback_and_answer_json(client, caplog)
     assert error.request_id == "bug-2"
     (access,) = [r for r in access_records(caplog) if r.status == 500]
     assert access.levelno == logging.ERROR
+
+
+def test_the_log_writer_writes_batched_json_lines_with_id_and_traceback():
+    stream = io.StringIO()
+    writer = _LogWriter(stream, interval_s=3600)  # only explicit flushes in this test
+    handoff = _HandOff(writer.records)
+    handoff.addFilter(_RequestIdFilter())
+    logger = logging.getLogger("test.writer")
+    logger.addHandler(handoff)
+    logger.propagate = False
+    token = request_id_var.set("req-9")
+    try:
+        logger.warning("%d images", 3)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed")
+        assert stream.getvalue() == ""  # queued, not written on the caller's thread
+        writer.flush()
+    finally:
+        request_id_var.reset(token)
+        logger.removeHandler(handoff)
+        writer.stop()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["msg"] == "3 images" and first["request_id"] == "req-9"
+    assert second["msg"] == "failed" and "ValueError: boom" in second["exc"]
+
+
+def test_the_log_writer_writes_what_is_queued_when_stopped():
+    stream = io.StringIO()
+    writer = _LogWriter(stream, interval_s=3600)
+    writer.records.put(logging.LogRecord("app", logging.INFO, "", 0, "last words", None, None))
+    writer.stop()
+    assert json.loads(stream.getvalue())["msg"] == "last words"

@@ -44,6 +44,7 @@ class InferencePoint:
     setup: InferenceSetup
     batch: int
     images_per_s: float
+    cpu_ms_per_image: float  # this process's CPU time (all threads) per image
 
     @property
     def pairs_per_s(self) -> float:
@@ -73,16 +74,16 @@ def inference_grid(
             torch.set_num_threads(setup.threads)
             for batch in batch_sizes:
                 x = torch.randint(0, 256, (batch, *_chw(card)), dtype=torch.uint8)  # (B, C, H, W)
-                rate = _images_per_s(model.module, x, seconds, setup)
-                points.append(InferencePoint(setup, batch, rate))
+                points.append(InferencePoint(setup, batch, *_run(model.module, x, seconds, setup)))
     finally:
         torch.set_num_threads(before)
     return points
 
 
-def _images_per_s(
+def _run(
     module: torch.nn.Module, x: torch.Tensor, seconds: float, setup: InferenceSetup
-) -> float:
+) -> tuple[float, float]:
+    """(images/s, CPU ms per image)."""
     counts = [0] * setup.streams
 
     def stream(i: int, until: float | None) -> None:
@@ -96,7 +97,7 @@ def _images_per_s(
                 counts[i] += 1
 
     stream(0, None)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     threads = [
         threading.Thread(target=stream, args=(i, started + seconds)) for i in range(setup.streams)
     ]
@@ -104,7 +105,9 @@ def _images_per_s(
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) * x.shape[0] / (time.perf_counter() - started)
+    images = sum(counts) * x.shape[0]
+    cpu_ms = 1000 * (time.process_time() - cpu_started)
+    return images / (time.perf_counter() - started), cpu_ms / images
 
 
 def _chw(card: ModelCard) -> tuple[int, int, int]:

@@ -32,4 +32,5 @@ def test_grid_runs_every_cell_and_restores_the_thread_count(tmp_path: Path, setu
     points = inference_grid(model, [1, 4], [setup], seconds=0.05)
     assert [(p.setup, p.batch) for p in points] == [(setup, 1), (setup, 4)]
     assert all(p.images_per_s > 0 and p.pairs_per_s == p.images_per_s / 2 for p in points)
+    assert all(p.cpu_ms_per_image > 0 for p in points)
     assert torch.get_num_threads() == before

@@ -1,0 +1,55 @@
+"""benchmarks.run: the CPU budget and the targets it qualifies, on made-up measurements."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.inprocess import InferencePoint, InferenceSetup
+from benchmarks.run import TARGET_CONCURRENCY, CpuBudget, ModelResult, Point, check_targets
+
+C = TARGET_CONCURRENCY
+
+
+def point(server: str, pairs_per_s: float, server_cpu_ms: float, client_cpu_us: float) -> Point:
+    return Point(
+        server, "-", C, pairs_per_s, 1.0, 2.0, 3.0, 0, 100.0, server_cpu_ms, client_cpu_us, {}, {}
+    )
+
+
+def result(name: str, floor_pairs_per_s: float, service_pairs_per_s: float) -> ModelResult:
+    r = ModelResult(name, "card", "corpus")
+    r.points = [
+        point("floor", floor_pairs_per_s, server_cpu_ms=0.3, client_cpu_us=200),
+        point("service", service_pairs_per_s, server_cpu_ms=2.0, client_cpu_us=100),
+    ]
+    fast = InferencePoint(InferenceSetup(1, 2), 64, images_per_s=9000, cpu_ms_per_image=0.3)
+    lean = InferencePoint(InferenceSetup(1), 64, images_per_s=4000, cpu_ms_per_image=0.25)
+    r.ceiling = [fast, lean]
+    return r
+
+
+def test_the_budget_charges_the_cheapest_inference_the_floor_and_the_client_to_the_cores():
+    r = result("mnist", 3000, 500)
+    assert r.best_ceiling().images_per_s == 9000  # the fastest cell is not the cheapest
+    budget = CpuBudget.of(r, cores=2)
+    assert (budget.inference_ms, budget.http_ms, budget.client_ms) == (0.5, 0.3, 0.2)
+    assert budget.pairs_per_s == pytest.approx(2000)  # 2 cores x 1000 ms / 1.0 ms per pair
+    assert CpuBudget.of(r, cores=4).pairs_per_s == pytest.approx(4000)
+
+
+def test_no_budget_without_a_floor_or_a_ceiling():
+    r = result("mnist", 3000, 500)
+    r.points = [p for p in r.points if p.server != "floor"]
+    assert CpuBudget.of(r, cores=2) is None
+    assert CpuBudget.of(ModelResult("m", "card", "corpus"), cores=2) is None
+
+
+@pytest.mark.parametrize(("floor", "out_of_reach"), [(3000, True), (2400, False)])
+def test_the_floor_target_says_when_the_budget_puts_it_out_of_reach(floor, out_of_reach):
+    r = result("mnist", floor, 500)
+    check_targets(r, cores=2)  # budget 2000 pairs/s; 80% of the floor is 2400 or 1920
+    (verdict, _, detail), *_ = (c for c in r.checks if "80% of the HTTP floor" in c[1])
+    assert verdict == "FAIL"
+    assert ("out of reach" in detail) is out_of_reach
+    (info,) = (c for c in r.checks if c[1].endswith("share of the CPU budget"))
+    assert info[0] == "INFO" and info[2].endswith("= 25%")  # 500 of 2000

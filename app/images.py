@@ -85,7 +85,8 @@ def _to_model_input(
 
     img = _to_basic_mode(img)  # L, RGB or RGBA
     # Resize before flattening alpha: cheap at model size, and Pillow resizes RGBA premultiplied.
-    img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if img.size != size:  # a same-size resize is a full copy: a third of a 32x32 JPEG's decode
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     if img.mode == "RGBA":
         # Over white, as a viewer shows it: a transparent background must not turn black.
         img = Image.alpha_composite(Image.new("RGBA", img.size, _WHITE), img).convert("RGB")

@@ -65,8 +65,13 @@ class _RequestIdFilter(logging.Filter):
 
 
 class _HandOff(logging.handlers.QueueHandler):
-    """Queues records for the :class:`_LogWriter` thread. The caller keeps only what must happen
-    on its own thread: the request id (a context variable), the message and the traceback."""
+    """Queues records for a :class:`_LogWriter`. The caller keeps only what must happen on its
+    own thread: the request id (a context variable), the message and the traceback."""
+
+    def __init__(self, writer: _LogWriter) -> None:
+        super().__init__(writer.records)
+        self.writer = writer
+        self.addFilter(_RequestIdFilter())
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)  # other handlers (pytest's caplog) see the original
@@ -84,11 +89,12 @@ _PLAIN = logging.Formatter()
 class _LogWriter:
     """Formats queued records and writes them to ``stream`` in one write every ``interval_s``.
 
-    Writing each access line as it happens cost a fifth of mnist's throughput at concurrency 32
-    (A/B: 595 vs 735 pairs/s with access lines off), and so did a stdlib QueueListener, which
-    wakes for every record: each write or wake-up hands the GIL to a busy inference worker and
-    waits to get it back. One wake-up per interval costs next to nothing; a line is at most
-    ``interval_s`` late, and what is queued is written at exit.
+    Writing each access line on the event loop cost mnist a fifth of its throughput at
+    concurrency 32 (alternating A/B rounds: 595 vs 735 pairs/s with access lines off), and a
+    stdlib QueueListener, which wakes for every record, about as much (599 vs 723): each write
+    or wake-up hands the GIL to a busy inference worker and waits to get it back. With one
+    wake-up per interval the gap was within the noise (577 vs 589). A line is at most
+    ``interval_s`` late; what is queued is written at exit.
     """
 
     def __init__(self, stream: TextIO, interval_s: float = 0.05) -> None:
@@ -135,12 +141,9 @@ def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
     root = logging.getLogger()
     handoff = next((h for h in root.handlers if isinstance(h, _HandOff)), None)
     if handoff is None:
-        writer = _LogWriter(sys.stderr)
-        handoff = _HandOff(writer.records)
-        handoff.writer = writer  # type: ignore[attr-defined]
-        handoff.addFilter(_RequestIdFilter())
+        handoff = _HandOff(_LogWriter(sys.stderr))
         root.addHandler(handoff)
-    handoff.writer.formatter = (  # type: ignore[attr-defined]
+    handoff.writer.formatter = (
         JsonFormatter()
         if json_logs
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")

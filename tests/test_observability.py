@@ -17,7 +17,6 @@ from app.observability import (
     JsonFormatter,
     _HandOff,
     _LogWriter,
-    _RequestIdFilter,
     clean_request_id,
     request_id_var,
 )
@@ -124,8 +123,7 @@ def test_server_errors_are_logged_with_traceback_and_answer_json(client, caplog)
 def test_the_log_writer_writes_batched_json_lines_with_id_and_traceback():
     stream = io.StringIO()
     writer = _LogWriter(stream, interval_s=3600)  # only explicit flushes in this test
-    handoff = _HandOff(writer.records)
-    handoff.addFilter(_RequestIdFilter())
+    handoff = _HandOff(writer)
     logger = logging.getLogger("test.writer")
     logger.addHandler(handoff)
     logger.propagate = False

@@ -28,6 +28,16 @@ def test_similarity_of_two_digits(client, digits):
     assert body["threshold"] == THRESHOLD
 
 
+def test_the_distance_is_the_euclidean_distance_of_the_two_embeddings(client, digits, photos):
+    for model, a, b in [("mnist", digits["3"][0], digits["7"][0]), ("cifar10", *photos["cat"][:2])]:
+        embs = [
+            post(client, "/embed", data={"model": model}, image=image).json()["embedding"]
+            for image in (a, b)
+        ]
+        r = post(client, "/similarity", data={"model": model}, image_a=a, image_b=b)
+        assert r.json()["distance"] == pytest.approx(math.dist(*embs), rel=1e-5)
+
+
 def test_identical_images_are_at_distance_zero(client, digits):
     r = post(client, "/similarity", image_a=digits["3"][0], image_b=digits["3"][0])
     assert r.json()["distance"] == pytest.approx(0, abs=1e-6)

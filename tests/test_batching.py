@@ -11,7 +11,7 @@ import torch
 from towers import TinyTower
 
 from app import artifact
-from app.batching import Batcher, DeadlineExceeded, QueueFull, ShuttingDown
+from app.batching import Batcher, DeadlineExceeded, QueueFull, ShuttingDown, _rows
 
 
 class Recorder:
@@ -332,3 +332,12 @@ def test_bfloat16_precision_answers_float32_close_to_the_float32_forward():
     assert bf16.dtype == torch.float32  # the contract's output type, whatever ran inside
     torch.testing.assert_close(bf16, exact, rtol=0, atol=3e-2)
     assert not torch.equal(bf16, exact)  # it really ran in bfloat16
+
+
+def test_rows_own_their_memory_so_a_cached_row_frees_its_batch():
+    out = torch.randn(32, 10)  # (B, D)
+    rows = _rows(out)
+    assert all(torch.equal(row, ref) for row, ref in zip(rows, out, strict=True))
+    assert all(row.untyped_storage().nbytes() == 10 * 4 for row in rows)
+    out.zero_()
+    assert rows[0].abs().sum() > 0  # copies, not views

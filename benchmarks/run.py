@@ -177,8 +177,8 @@ class CpuBudget:
         floor, cheapest = r.find("floor", TARGET_CONCURRENCY), r.cheapest_ceiling()
         if floor is None or cheapest is None:
             return None
-        return cls(cores, 2 * cheapest.cpu_ms_per_image, floor.server_cpu_ms,
-                   floor.client_cpu_us / 1000)  # fmt: skip
+        per_pair = 2 * cheapest.cpu_ms_per_image
+        return cls(cores, per_pair, floor.server_cpu_ms, floor.client_cpu_us / 1000)
 
     def describe(self) -> str:
         return (

@@ -36,7 +36,7 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 
 test: lint  ## lint + the whole test suite (tests needing ../shared/data skip when it is absent)
-	IMGSIM_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest
+	IMGSIM_DATASETS=$(DATA_DIR) $(BIN)/python -m pytest
 
 train-mnist: $(VENV)/.installed-dev
 	$(BIN)/python -m training.train --dataset mnist --data-dir $(DATA_DIR) --out model_store/mnist

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # Models
     model_store: Path = Path("model_store")  # holds <name>/{model.pt, model.json}
     default_model: str | None = None  # used when a request names none; None: "mnist", else first
+    # State the service writes (threshold profiles, galleries); a volume in containers.
+    data_dir: Path = Path("data")
 
     # Request limits
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # per image part

@@ -1,6 +1,6 @@
 """The shipped models against their targets (issue 4), on the real test folders.
 
-Needs ../shared/data (or IMGSIM_DATA_DIR); skipped cleanly on a fresh clone without it.
+Needs ../shared/data (or IMGSIM_DATASETS); skipped cleanly on a fresh clone without it.
 The service half (shipped models answering /verify on committed example digits) needs no data.
 """
 
@@ -19,14 +19,14 @@ from app.main import create_app
 
 ROOT = Path(__file__).parents[1]
 STORE = ROOT / "model_store"
-DATA_DIR = Path(os.environ.get("IMGSIM_DATA_DIR", ROOT.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("IMGSIM_DATASETS", ROOT.parent / "shared" / "data"))
 TARGETS = {  # issue 4: balanced test pairs at the model's own threshold; training wall-clock
     "mnist": {"accuracy": 0.995, "roc_auc": 0.999, "eer": 0.005, "train_seconds": 5 * 60},
     "cifar10": {"accuracy": 0.92, "roc_auc": 0.975, "eer": 0.07, "train_seconds": 60 * 60},
 }
 needs_data = pytest.mark.skipif(
     not (DATA_DIR / "MNIST" / "raw").is_dir() or not (DATA_DIR / "cifar10" / "test").is_dir(),
-    reason=f"real data sets not found at {DATA_DIR} (set IMGSIM_DATA_DIR)",
+    reason=f"real data sets not found at {DATA_DIR} (set IMGSIM_DATASETS)",
 )
 
 

@@ -44,6 +44,23 @@ class Settings(BaseSettings):
     max_parts: int = Field(70, gt=0)  # multipart files per request (and text fields, separately)
     max_candidates: int = Field(64, gt=0)  # /similarity/one-to-many candidates
     max_matrix_images: int = Field(64, ge=2)  # /similarity/matrix images
+    # Pixels (as declared by the headers, after a JPEG's draft scaling) that one request may
+    # have decoded in total: five images at max_image_pixels. One matrix of 64 40 MP images was
+    # 70 s of CPU and 1.9 GB (issue 12); beyond it the request gets 413 naming this setting.
+    max_request_pixels: int = Field(200_000_000, gt=0)
+    # Request bodies held in memory (or spooled to /tmp, RAM in a container) across all requests
+    # at once, counted as they are read; beyond it 503 + Retry-After. A request alone is always
+    # admitted up to its own cap (files x max_upload_bytes), so the largest one still works.
+    upload_budget_bytes: int = Field(256 * 1024 * 1024, gt=0)
+
+    # Connections (docs/security.md). Used by `python -m app`, which runs uvicorn's h11 server
+    # with these limits; the header timeout and the body timeouts are ours.
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; then 431/close
+    header_timeout_s: float = Field(10.0, gt=0)  # to send the request line and all headers
+    body_idle_timeout_s: float = Field(10.0, gt=0)  # longest pause between two body chunks
+    body_timeout_s: float = Field(60.0, gt=0)  # to send a whole upload (10 MB at 1.4 Mbit/s)
+    keep_alive_s: int = Field(5, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(512, gt=0)  # open connections per process; then 503
 
     # Micro-batching, per model
     batch_max_size: int = Field(32, gt=0)  # images per forward pass
@@ -66,16 +83,27 @@ class Settings(BaseSettings):
     # accuracy), else float32.
     inference_precision: PrecisionSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
+    # Images waiting for a decode thread across requests (app/embedding.py DecodePool); a
+    # request whose images do not fit gets 503 + Retry-After at once.
+    decode_queue_max: int = Field(256, gt=0)
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
 
     # Security
     # "k1,k2", '["k1", "k2"]' or a file with one key per line; "" = no auth
     api_keys: SecretStr = SecretStr("")
+    # Keys that may also read /metrics (same formats as api_keys). With any key configured,
+    # /metrics is for these only: its counters (cache hits) would tell one client about another's
+    # uploads. No keys at all: /metrics is open, like the rest.
+    admin_keys: SecretStr = SecretStr("")
     cors_origins: Annotated[list[str], NoDecode] = []  # "https://a,https://b"; [] = CORS off
 
     # Process (used by `python -m app`)
     log_json: bool = True  # one JSON object per log line
     log_level: str = "INFO"
+    # Log records waiting for the writer thread; beyond it records are dropped and counted (a
+    # stderr nobody reads must not grow the process), and the exit flush waits at most this long.
+    log_queue_max: int = Field(10_000, gt=0)
+    log_flush_timeout_s: float = Field(2.0, gt=0)
     host: str = "127.0.0.1"  # containers: IMGSIM_HOST=0.0.0.0
     port: int = Field(8000, gt=0, lt=65536)
     workers: int = Field(1, gt=0)  # uvicorn processes; each loads every model
@@ -94,10 +122,11 @@ class Settings(BaseSettings):
     def _one_request_fits_the_queue(self) -> Settings:
         # A request queues all its images at once; more than queue_max could never be served.
         largest = max(self.max_matrix_images, self.max_candidates + 1)
-        if self.queue_max < largest:
-            raise ValueError(
-                f"queue_max ({self.queue_max}) must be >= {largest}, the largest request"
-            )
+        for name in ("queue_max", "decode_queue_max"):
+            if getattr(self, name) < largest:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be >= {largest}, the largest request"
+                )
         return self
 
     def inference_workers_for(self, forward_ms: float) -> int:
@@ -110,15 +139,23 @@ class Settings(BaseSettings):
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys: a JSON list, a file with one key per line, or comma-separated."""
-        raw = self.api_keys.get_secret_value().strip()
-        if not raw:
-            return frozenset()
-        if raw.startswith("["):
-            keys = json.loads(raw)
-            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-                raise ValueError("IMGSIM_API_KEYS: a JSON value must be a list of strings")
-        elif "," not in raw and Path(raw).is_file():
-            keys = [k for k in Path(raw).read_text().splitlines() if not k.startswith("#")]
-        else:
-            keys = raw.split(",")
-        return frozenset(k.strip() for k in keys if k.strip())
+        return _parse_keys(self.api_keys, "IMGSIM_API_KEYS")
+
+    def admin_key_set(self) -> frozenset[str]:
+        """Keys that may read /metrics (and call everything else)."""
+        return _parse_keys(self.admin_keys, "IMGSIM_ADMIN_KEYS")
+
+
+def _parse_keys(secret: SecretStr, variable: str) -> frozenset[str]:
+    raw = secret.get_secret_value().strip()
+    if not raw:
+        return frozenset()
+    if raw.startswith("["):
+        keys = json.loads(raw)
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"{variable}: a JSON value must be a list of strings")
+    elif "," not in raw and Path(raw).is_file():
+        keys = [k for k in Path(raw).read_text().splitlines() if not k.startswith("#")]
+    else:
+        keys = raw.split(",")
+    return frozenset(k.strip() for k in keys if k.strip())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,7 +20,6 @@ import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image
 
 from app import __version__
 from app.api import embed, health, metrics, models, similarity, verify
@@ -30,6 +28,7 @@ from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
 from app.embedding import Embedder
+from app.images import OverBudget
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
 from app.precision import Precision, autocast
@@ -59,15 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(json_logs=settings.log_json, level=settings.log_level)
     app_metrics = Metrics()
     api_keys = settings.api_key_set()
+    admin_keys = settings.admin_key_set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.phase = "starting"
         torch.set_num_threads(settings.torch_threads)
-        # Pillow only warns between 1x and 2x its own pixel limit; make that an error, which
-        # app.images reports as 413 (its own, lower max_image_pixels check comes first anyway).
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         # Fail at boot, not on the first request; a broken model is refused, the rest serve.
         registry = await asyncio.to_thread(
             Registry.load, settings.model_store, settings.default_model
@@ -103,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = app_metrics
     app.state.phase = "starting"
 
-    protected = [Security(api_key_scheme)] if api_keys else []
+    protected = [Security(api_key_scheme)] if api_keys or admin_keys else []
     app.include_router(health.router)
     for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
         app.include_router(router, dependencies=protected)
@@ -112,8 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # add_middleware wraps: the last added runs first. Request id and access log outermost, so
     # even a 401 or a CORS refusal is logged with its id.
-    if api_keys:
-        app.add_middleware(APIKeyMiddleware, keys=api_keys)
+    if api_keys or admin_keys:
+        app.add_middleware(APIKeyMiddleware, keys=api_keys, admin_keys=admin_keys)
     instrument(app, app_metrics)
     add_cors(app, settings)
     app.add_middleware(RequestContextMiddleware)
@@ -187,6 +184,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(OverBudget)
+    async def over_budget(request: Request, exc: OverBudget) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=413)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:

@@ -81,6 +81,7 @@ class ImageJob:
     embedder: Embedder
     settings: Settings
     metrics: Metrics
+    cache_partition: str = ""  # the API key's own part of the cache (app/security.py)
 
 
 async def image_job(request: Request, model: ModelName = None) -> ImageJob:
@@ -94,7 +95,8 @@ async def image_job(request: Request, model: ModelName = None) -> ImageJob:
         raise HTTPException(503, detail=str(e), headers={"Retry-After": "30"}) from e
     request.state.model = served.name  # for the access log
     state = request.app.state
-    return ImageJob(served, state.embedder, state.settings, state.metrics)
+    partition = getattr(request.state, "cache_partition", "")
+    return ImageJob(served, state.embedder, state.settings, state.metrics, partition)
 
 
 ImageJobDep = Annotated[ImageJob, Depends(image_job)]

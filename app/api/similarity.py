@@ -81,7 +81,7 @@ async def one_to_many(
     blobs = [await read_image(query, "query", settings, metrics)]
     for i, upload in enumerate(candidates):
         blobs.append(await read_image(upload, f"candidates[{i}]", settings, metrics))
-    query_emb, *candidate_embs = await job.embedder.embed(model, blobs)
+    query_emb, *candidate_embs = await job.embedder.embed(model, blobs, job.cache_partition)
     if isinstance(query_emb, ImageError):
         raise image_error("query", query_emb)
 

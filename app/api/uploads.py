@@ -144,7 +144,7 @@ async def embed_uploads(
 ) -> list[torch.Tensor]:
     """Read, decode and embed every upload, or raise the first upload's error."""
     blobs = [await read_image(upload, field, job.settings, job.metrics) for field, upload in named]
-    results = await job.embedder.embed(job.model, blobs)
+    results = await job.embedder.embed(job.model, blobs, job.cache_partition)
     embs: list[torch.Tensor] = []
     for (field, _), result in zip(named, results, strict=True):
         if isinstance(result, ImageError):

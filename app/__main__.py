@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 
 from app.config import Settings
+from app.connections import uvicorn_options
 from app.observability import configure_logging
 
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "access_log": False,  # app.observability writes one access line per request
         # In-flight requests get their own deadline plus a margin, then are cancelled.
         "timeout_graceful_shutdown": math.ceil(settings.request_timeout_s) + 5,
+        **uvicorn_options(settings),  # header size and timeouts, open connections
     }
     # Worker processes build their Settings from the environment: tell them how many there
     # are, so each takes its share of the cores for inference (Settings.inference_workers_for).

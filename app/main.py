@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from app import __version__
 from app.api import embed, health, metrics, models, similarity, verify
 from app.api.deps import RETRY_AFTER_S
+from app.api.uploads import UploadBudget
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
+    app.state.upload_budget = UploadBudget(settings.upload_budget_bytes)
     app.state.phase = "starting"
 
     protected = [Security(api_key_scheme)] if api_keys or admin_keys else []

@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=settings.workers)
     args = parser.parse_args(argv)
 
-    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    configure_logging(
+        json_logs=settings.log_json,
+        level=settings.log_level,
+        queue_max=settings.log_queue_max,
+        flush_timeout_s=settings.log_flush_timeout_s,
+    )
     # uvicorn re-raises the SIGTERM it handled once it has shut down; without a handler of ours
     # that would kill the process with status -15 after a perfectly clean shutdown.
     signal.signal(signal.SIGTERM, _exit_cleanly)

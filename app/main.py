@@ -56,7 +56,12 @@ TIFF); every answer names the model and its version.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
-    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    configure_logging(
+        json_logs=settings.log_json,
+        level=settings.log_level,
+        queue_max=settings.log_queue_max,
+        flush_timeout_s=settings.log_flush_timeout_s,
+    )
     app_metrics = Metrics()
     api_keys = settings.api_key_set()
     admin_keys = settings.admin_key_set()

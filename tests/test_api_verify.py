@@ -72,3 +72,17 @@ def test_repeated_threshold_field_uses_a_valid_value_or_fails(client):
     files = multipart_files(image_a=png(), image_b=png())
     r = client.post("/verify", files=files, data={"threshold": ["0.5", ""]})
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("field", ["image_a", "model", "threshold"])
+def test_a_field_sent_twice_is_422_not_the_last_one_silently(client, field):
+    files = multipart_files(image_a=png(), image_b=png(seed=1))
+    values = {"image_a": None, "model": ["mnist", "cifar10"], "threshold": ["0.5", "0.9"]}
+    if field == "image_a":
+        files.append(("image_a", ("again.png", png(seed=2), "image/png")))
+    r = client.post(
+        "/verify", files=files, data={} if field == "image_a" else {field: values[field]}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", field]
+    assert "sent more than once" in r.json()["detail"][0]["msg"]

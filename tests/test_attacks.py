@@ -436,3 +436,29 @@ def test_sigterm_exits_even_when_nobody_reads_stderr(model_store):
         assert server.proc.wait(60) == 0
     finally:
         server.stop()
+
+
+# --- 10. a request cancelled at shutdown --------------------------------------------------------
+
+
+def test_a_request_cancelled_at_shutdown_is_a_503_not_a_500(model_store, tmp_path):
+    # request_timeout_s 1: uvicorn waits 1 + 5 s for what is in flight, then cancels it.
+    server = serve(
+        model_store, tmp_path / "stderr.log", request_timeout_s=1, body_idle_timeout_s=60
+    )
+    try:
+        boundary = uuid.uuid4().hex
+        with raw(server.port) as sock:
+            head = post_head("/embed", boundary, 10_000, key="")
+            sock.sendall(head + multipart_head(boundary))  # and the rest never comes
+            time.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            sock.settimeout(60)
+            answer = read_until_closed(sock)
+        assert server.proc.wait(60) == 0
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+        log = server.log_text()
+        assert "cancelled at shutdown" in log
+        assert '"status": 500' not in log and "Exception in ASGI application" not in log, log
+    finally:
+        server.stop()

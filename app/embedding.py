@@ -3,9 +3,10 @@
     embedder = Embedder(settings, cache, metrics)
     embs = await embedder.embed(model, [data_a, data_b])  # [Tensor (D,) | ImageError, ...]
 
-Decoding runs in a DecodePool (round robin across requests, bounded, dropping the images of a
-request that gave up); the decoded image goes straight from its decode thread to the model's
-batcher, and both stages check the request's Ticket before working for it.
+Decoding runs in a DecodePool (round robin across requests, heavy images on at most all but
+one thread, bounded, dropping the images of a request that gave up); the decoded image goes
+straight from its decode thread to the model's batcher, and both stages check the request's
+Ticket before working for it.
 
 Bad images come back as ImageError values in their place, so /similarity/one-to-many can report
 a broken candidate without failing the call; the routes decide what to tell the client.
@@ -22,6 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,13 +67,19 @@ class Embedder:
         ticket = Ticket(time.monotonic() + self.settings.request_timeout_s)
         unique, where = _distinct(blobs)
         futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in unique]
-        job = _Job(self, model, partition, loop, ticket, self.settings.max_request_pixels)
-        job.pending.extend(zip(unique, futures, strict=True))
+        job = _Job(self, model, partition, loop, ticket)
+        job.pending.extend([data, future, 0] for data, future in zip(unique, futures, strict=True))
         self.pool.put(job)  # QueueFull at once when too many images wait for a decode thread
         done: list[Outcome] = await batcher.wait(futures, ticket)
         for future, key in job.queued_keys.items():
             self.cache.put(key, future.result())
         return [done[i] for i in where]
+
+
+# An image of more pixels than this is heavy: it waits while the decode threads that may take
+# heavy images are busy (DecodePool). A 12 MP phone JPEG drafts to 0.19 MP; a 2000x2000 PNG is
+# about 40 ms of decode on this project's machine, a 40 M pixel one about a second.
+LIGHT_PIXELS = 4_000_000
 
 
 @dataclass(eq=False)
@@ -83,23 +91,28 @@ class _Job:
     partition: str
     loop: asyncio.AbstractEventLoop
     ticket: Ticket
-    pixel_budget: int  # Settings.max_request_pixels, counted down by each decode
-    pending: deque[tuple[bytes, asyncio.Future[Outcome]]] = field(default_factory=deque)
+    # [bytes, future, pixels to decode]: pixels filled in by survey(), before any decode.
+    pending: deque[list[Any]] = field(default_factory=deque)
+    surveyed: bool = False  # survey() ran; set and read under the pool's lock
+    surveying: bool = False
     # Futures handed to the batcher, with their cache keys: cached once the request succeeds.
     queued_keys: dict[asyncio.Future[Outcome], tuple[str, str, str]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def reserve(self, pixels: int) -> None:
-        """Charge ``pixels`` to the request's budget (decode threads; see images.Reserve)."""
-        with self._lock:
-            if pixels > self.pixel_budget:
-                self.pixel_budget = -1
-                raise OverBudget(
-                    "the images of this request declare more than the limit of "
-                    f"{self.embedder.settings.max_request_pixels} pixels in total "
-                    "(max_request_pixels); send fewer or smaller images"
-                )
-            self.pixel_budget -= pixels
+    def survey(self, entries: list[list[Any]]) -> None:
+        """In a decode thread, before any of the request's images is decoded: read every
+        header, note the pixels each will cost, and refuse the whole request (OverBudget) if
+        together they are over max_request_pixels, at the cost of reading headers only."""
+        settings = self.embedder.settings
+        size = self.model.card.size
+        for entry in entries:
+            entry[2] = images.pixels_to_decode(entry[0], size)
+        total = sum(entry[2] for entry in entries)
+        if total > settings.max_request_pixels:
+            raise OverBudget(
+                f"the images of this request declare {total} pixels in total, over the limit "
+                f"of {settings.max_request_pixels} (max_request_pixels); send fewer or smaller "
+                "images"
+            )
 
     def run(self, data: bytes, future: asyncio.Future[Outcome]) -> None:
         """In a decode thread: hash, look up, decode and queue one blob to the batcher; its
@@ -113,15 +126,8 @@ class _Job:
         started = time.perf_counter()
         try:
             x = images.decode(
-                data,
-                model.card.mode,
-                model.card.size,
-                embedder.settings.max_image_pixels,
-                reserve=self.reserve,
+                data, model.card.mode, model.card.size, embedder.settings.max_image_pixels
             )
-        except OverBudget as e:  # the whole request fails: its waiting images are dropped
-            _settle(self.loop, future, e, fail=True)
-            return
         except ImageError as e:
             _settle(self.loop, future, e)
             return
@@ -164,16 +170,20 @@ class DecodePool:
     """Threads that decode uploads, taking one image at a time from each request in turn.
 
     Round robin, not first come first served: a request of 64 huge images no longer holds
-    every thread until it is done, so the two images of another client's request are decoded
-    after at most one image of each request ahead of it (issue 12). A request that has given up
-    (its Ticket abandoned or past its deadline) loses its waiting images before they are
-    decoded. At most ``queue_max`` images wait across requests; beyond it a request is refused
-    whole (QueueFull, 503).
+    every thread until it is done (issue 12). Before its first decode, a request's headers are
+    surveyed (_Job.survey): over max_request_pixels, it is refused whole. Images over
+    LIGHT_PIXELS are heavy, and at most ``threads - 1`` threads decode heavy images at once, so
+    small images from other clients always find a thread. A request that has given up (its
+    Ticket abandoned or past its deadline) loses its waiting images before they are decoded. At
+    most ``queue_max`` images wait across requests; beyond it a request is refused whole
+    (QueueFull, 503).
     """
 
     def __init__(self, threads: int, queue_max: int, metrics: Metrics | None = None) -> None:
         self.queue_max = queue_max
         self.metrics = metrics
+        self.heavy_max = max(1, threads - 1)
+        self._heavy_running = 0
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # images waiting across jobs
         self._cond = threading.Condition()
@@ -204,29 +214,74 @@ class DecodePool:
                 )
             self._queued += len(job.pending)
             self._jobs.append(job)
-            self._cond.notify(len(job.pending))
+            self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._jobs and not self._closing:
+                while (task := self._take()) is None:
+                    if self._closing and not self._jobs:
+                        return
                     self._cond.wait()
-                if not self._jobs:
-                    return
-                job = self._jobs.popleft()
-                if job.ticket.dead():  # given up: none of its images is decoded
-                    self._queued -= len(job.pending)
-                    job.pending.clear()
-                    continue
-                data, future = job.pending.popleft()
-                self._queued -= 1
-                if job.pending:
-                    self._jobs.append(job)  # to the back: the other requests go first
+            job, entry, heavy = task
             try:
-                job.run(data, future)
+                if entry is None:
+                    self._survey(job)
+                else:
+                    job.run(entry[0], entry[1])
             except Exception as e:  # a bug here must not kill the thread and hang the request
                 logger.exception("decode pool: unexpected error")
-                _settle(job.loop, future, e, fail=True)
+                if entry is not None:
+                    _settle(job.loop, entry[1], e, fail=True)
+            finally:
+                if heavy:
+                    with self._cond:
+                        self._heavy_running -= 1
+                        self._cond.notify_all()
+
+    def _take(self) -> tuple[_Job, list[Any] | None, bool] | None:
+        """The next piece of work (job, its image entry or None to survey it, heavy?), taking
+        requests in turn; call with the lock held."""
+        for _ in range(len(self._jobs)):
+            job = self._jobs.popleft()
+            if job.ticket.dead():  # given up: none of its images is decoded
+                self._queued -= len(job.pending)
+                job.pending.clear()
+                continue
+            if not job.surveyed:
+                if not job.surveying:
+                    job.surveying = True
+                    self._jobs.append(job)
+                    return job, None, False
+                self._jobs.append(job)  # another thread is reading its headers
+                continue
+            heavy = job.pending[0][2] > LIGHT_PIXELS
+            if heavy and self._heavy_running >= self.heavy_max:
+                self._jobs.append(job)
+                continue
+            entry = job.pending.popleft()
+            self._queued -= 1
+            if job.pending:
+                self._jobs.append(job)  # to the back: the other requests go first
+            if heavy:
+                self._heavy_running += 1
+            return job, entry, heavy
+        return None
+
+    def _survey(self, job: _Job) -> None:
+        with self._cond:
+            entries = list(job.pending)
+        try:
+            job.survey(entries)
+        except OverBudget as e:  # the whole request fails; none of its images is decoded
+            with self._cond:
+                self._queued -= len(job.pending)
+                job.pending.clear()
+            _settle(job.loop, entries[0][1], e, fail=True)
+        finally:
+            with self._cond:
+                job.surveyed, job.surveying = True, False
+                self._cond.notify_all()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the images of live requests, then stop the threads."""

@@ -56,10 +56,7 @@ class TooLarge(ImageError):
 
 class OverBudget(TooLarge):
     """A request's images together declare more than Settings.max_request_pixels (HTTP 413):
-    raised by a ``reserve`` callback, it fails the whole request, not only this image."""
-
-
-Reserve = Callable[[int], None]  # pixels about to be decoded; raises OverBudget when over
+    it fails the whole request, not only one image (see app/embedding.py)."""
 
 
 def decode(
@@ -67,12 +64,9 @@ def decode(
     mode: Literal["L", "RGB"],
     size: tuple[int, int],
     max_pixels: int,
-    reserve: Reserve | None = None,
 ) -> torch.Tensor:
     """Decode ``data`` to a uint8 tensor (C, H, W); ``size`` is (width, height) as in ModelCard.
 
-    ``reserve`` is called with the pixels about to be decoded (after a JPEG's draft scaling)
-    once the header has passed every check, before decoding; it may raise OverBudget.
     Raises Undecodable or TooLarge, never anything else for bad bytes.
     """
     if not data:
@@ -92,14 +86,8 @@ def decode(
                 "(max_image_pixels)"
             )
         _check_tiles(img, max_pixels)
-        if img.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is far larger than the
-            # model input. Square, so the draft stays large enough after an EXIF rotation.
-            side = max(size)
-            img.draft(None, (side, side))
+        _draft(img, size)
         pixels_decoded = img.size[0] * img.size[1]
-        if reserve is not None:
-            reserve(pixels_decoded)
         try:
             rgb_or_l = _to_model_input(img, mode, size)
         except Image.DecompressionBombError as e:
@@ -115,6 +103,25 @@ def decode(
     # it back and forth with the event loop costs more than the copy (see app/batching.py).
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(chw))  # (C, H, W), its own memory
+
+
+def pixels_to_decode(data: bytes, size: tuple[int, int]) -> int:
+    """The pixels :func:`decode` would decode, from the header alone (a JPEG at its draft
+    scale); 0 for what decode refuses before decoding. Cheap: no pixel is read."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            _draft(img, size)
+            return img.size[0] * img.size[1]
+    except Exception:  # whatever it is, decode() refuses it without decoding
+        return 0
+
+
+def _draft(img: Image.Image, size: tuple[int, int]) -> None:
+    if img.format == "JPEG":
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is far larger than the model
+        # input. Square, so the draft stays large enough after an EXIF rotation.
+        side = max(size)
+        img.draft(None, (side, side))
 
 
 def _check_tiles(img: Image.Image, max_pixels: int) -> None:

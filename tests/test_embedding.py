@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from image_bytes import multipart_files
 
 from app.batching import QueueFull, Ticket
-from app.embedding import DecodePool
+from app.embedding import LIGHT_PIXELS, DecodePool
 from app.main import create_app
 
 
@@ -29,17 +29,25 @@ class RecordingJob:
     count: int
     log: list[str]
     gate: threading.Event
+    pixels: int = 1000  # of each image
     ticket: Ticket = field(default_factory=lambda: Ticket(1e18))
     model: Model = field(default_factory=Model)
     loop: asyncio.AbstractEventLoop | None = None
     pending: deque = field(default_factory=deque)
+    surveyed: bool = True
+    surveying: bool = False
+    running: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.pending.extend((f"{self.name}{i}".encode(), None) for i in range(self.count))
+        self.pending.extend(
+            [f"{self.name}{i}".encode(), None, self.pixels] for i in range(self.count)
+        )
 
     def run(self, data: bytes, future: object) -> None:
         self.log.append(data.decode())
+        self.running.append(data.decode())
         assert self.gate.wait(10)
+        self.running.remove(data.decode())
 
 
 def test_requests_take_turns_at_the_decode_threads():
@@ -100,6 +108,28 @@ def rejected(client: TestClient, reason: str) -> float:
         if line.startswith("imgsim_rejected_total{") and f'reason="{reason}"' in line:
             return float(line.split()[-1])
     return 0.0
+
+
+def test_heavy_images_leave_a_thread_for_light_ones():
+    log: list[str] = []
+    gate = threading.Event()
+    pool = DecodePool(threads=2, queue_max=100)
+    heavy = RecordingJob("heavy", 4, log, gate, pixels=LIGHT_PIXELS + 1)
+    other_heavy = RecordingJob("other", 4, log, gate, pixels=LIGHT_PIXELS + 1)
+    try:
+        pool.put(heavy)
+        pool.put(other_heavy)
+        wait_for(log)
+        pool.put(RecordingJob("light", 1, log, gate))
+        for _ in range(2000):  # the second thread, kept from the heavy images, takes it
+            if "light0" in log:
+                break
+            threading.Event().wait(0.005)
+        assert len(heavy.running) + len(other_heavy.running) == 1
+        assert "light0" in log
+    finally:
+        gate.set()
+        pool.close()
 
 
 def test_a_missed_deadline_is_counted_once_per_request(make_settings, digits):

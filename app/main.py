@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from app import __version__
 from app.api import embed, health, metrics, models, similarity, verify
@@ -33,6 +34,7 @@ from app.embedding import Embedder
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
 from app.precision import Precision, autocast
+from app.precision import for_card as precision_for_card
 from app.precision import resolve as resolve_precision
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
@@ -124,11 +126,17 @@ async def _start_and_warm_up(
     served: ServedModel, registry: Registry, settings: Settings, metrics: Metrics
 ) -> None:
     card = served.card
-    precision = resolve_precision(settings.inference_precision)
+    precision, fallback = precision_for_card(
+        resolve_precision(settings.inference_precision), card.metrics
+    )
+    if fallback is not None:
+        logger.warning("model %s: %s; falling back to float32", served.name, fallback)
+        served.precision_note = f"float32: {fallback}"
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
-        forward_ms = await asyncio.wait_for(
-            asyncio.to_thread(_one_image_ms, served.module, blank, precision), WARM_UP_TIMEOUT_S
+        forward_ms, mflops = await asyncio.wait_for(
+            asyncio.to_thread(_measure_one_image, served.module, blank, precision),
+            WARM_UP_TIMEOUT_S,
         )
     except Exception as e:
         _refuse(served, registry, e)
@@ -141,13 +149,14 @@ async def _start_and_warm_up(
         queue_max=settings.queue_max,
         metrics=metrics,
         precision=precision,
-        workers=settings.inference_workers_for(forward_ms),
+        workers=settings.inference_workers_for(mflops),
     )
     batcher.start()
     served.batcher = batcher
     logger.info(
-        "model %s: one image in %.1f ms at %s; %d inference worker(s) x %d torch thread(s)",
-        served.name, forward_ms, precision, batcher.workers, settings.torch_threads,
+        "model %s: %.0f MFLOP and %.1f ms per image at %s; %d inference worker(s) x %d torch "
+        "thread(s)",
+        served.name, mflops, forward_ms, precision, batcher.workers, settings.torch_threads,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + WARM_UP_TIMEOUT_S
@@ -160,16 +169,22 @@ async def _start_and_warm_up(
         await batcher.stop()
 
 
-def _one_image_ms(module: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
-    """The best of a few one-image forward passes, in ms; the first ones also warm TorchScript
-    up (it profiles and optimises on its first calls)."""
+def _measure_one_image(
+    module: torch.nn.Module, x: torch.Tensor, precision: Precision
+) -> tuple[float, float]:
+    """(ms, MFLOP) of a one-image forward pass. The ms, the best of a few passes whose first
+    ones also warm TorchScript up (it profiles and optimises on its first calls), is only
+    logged: it varies with the load, so the worker count is decided from the FLOPs."""
     best = float("inf")
     with torch.inference_mode(), autocast(precision):
         for _ in range(4):
             started = time.perf_counter()
             module(x.unsqueeze(0))
             best = min(best, time.perf_counter() - started)
-    return best * 1000
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(x.unsqueeze(0))
+    return best * 1000, counter.get_total_flops() / 1e6
 
 
 def _refuse(served: ServedModel, registry: Registry, error: Exception) -> None:

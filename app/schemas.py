@@ -47,7 +47,8 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not ready"]
     models: dict[str, str] = Field(
-        description='Each model found in the store: "up", or why it was refused'
+        description='Each model found in the store: "up", "warming up" (while starting), or '
+        "why it was refused"
     )
     detail: str | None = Field(None, description="Why the service is not ready")
 
@@ -64,8 +65,12 @@ class ModelInfo(BaseModel):
     name: str = Field(description="What to pass as the `model` form field")
     default: bool = Field(description="Used when a request names no model")
     precision: Precision = Field(
-        description="Number format this server runs the forward pass in (bfloat16 where the "
-        "CPU has it natively; the test metrics hold either way)"
+        description="Number format this server runs the forward pass in: bfloat16 where the "
+        "CPU has it natively, unless the card records that it costs this model more than 0.5 "
+        "points of pair accuracy against float32"
+    )
+    precision_note: str | None = Field(
+        None, description="Why the model runs in float32 although the server is set otherwise"
     )
     inference_workers: int = Field(
         description="Threads running this model's forward passes on this server"

@@ -102,6 +102,11 @@ class ModelsResponse(BaseModel):
 class ModelAnswer(BaseModel):
     model: str = Field(description="The model that answered")
     model_version: str = Field(description="Its version (sha256 prefix of model.pt)")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Sentences naming uploads far from what the model was trained on (colour "
+        "vs greyscale, shape, size), whose answer may not mean much; empty otherwise",
+    )
 
 
 class EmbedResponse(ModelAnswer):

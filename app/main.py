@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from app import __version__
-from app.api import embed, health, metrics, models, similarity, verify
+from app.api import docs, embed, health, metrics, models, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
@@ -100,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # app/api/docs.py serves /docs without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
@@ -107,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     protected = [Security(api_key_scheme)] if api_keys else []
     app.include_router(health.router)
+    docs.add_docs(app)
     for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
         app.include_router(router, dependencies=protected)
 

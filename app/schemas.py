@@ -5,7 +5,7 @@ Requests are multipart forms, declared in the routes with ``File``/``Form`` para
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,16 +102,23 @@ class ModelsResponse(BaseModel):
 class ModelAnswer(BaseModel):
     model: str = Field(description="The model that answered")
     model_version: str = Field(description="Its version (sha256 prefix of model.pt)")
-    warnings: list[str] = Field(
+
+
+# Declared last in each answer (pydantic puts a base class's fields first), so it reads last.
+Warnings = Annotated[
+    list[str],
+    Field(
         default_factory=list,
         description="Sentences naming uploads far from what the model was trained on (colour "
         "vs greyscale, shape, size), whose answer may not mean much; empty otherwise",
-    )
+    ),
+]
 
 
 class EmbedResponse(ModelAnswer):
     dim: int
     embedding: list[float] = Field(description="The image's embedding, `dim` floats")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -126,6 +133,7 @@ class SimilarityResponse(ModelAnswer):
     distance: float = Field(ge=0, description="Euclidean distance between the two embeddings")
     similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
     threshold: float = Field(description="The model's calibrated threshold, for reference")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -147,6 +155,7 @@ class VerifyResponse(ModelAnswer):
     distance: float = Field(ge=0)
     threshold: float = Field(description="The threshold applied: the request's or the model's")
     similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -181,6 +190,7 @@ class OneToManyResponse(ModelAnswer):
     results: list[CandidateMatch | CandidateError] = Field(
         description="Matches by ascending distance, then the candidates that failed, by index"
     )
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -202,6 +212,7 @@ class OneToManyResponse(ModelAnswer):
 
 class MatrixResponse(ModelAnswer):
     distances: list[list[float]] = Field(description="N x N euclidean distances, zero diagonal")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -45,7 +45,8 @@ WARM_UP_TIMEOUT_S = 120.0
 
 DESCRIPTION = """
 Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
-TIFF); every answer names the model and its version.
+TIFF); every answer names the model and its version, and carries `warnings` when an upload is
+far from what the model was trained on (colour vs greyscale, shape, size).
 
 * `POST /similarity`: distance and calibrated P(same) of two images
 * `POST /verify`: same or not, at the model's calibrated threshold or yours

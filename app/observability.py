@@ -89,11 +89,9 @@ _PLAIN = logging.Formatter()
 class _LogWriter:
     """Formats queued records and writes them to ``stream`` in one write every ``interval_s``.
 
-    Writing each access line on the event loop cost mnist a fifth of its throughput at
-    concurrency 32 (alternating A/B rounds: 595 vs 735 pairs/s with access lines off), and a
-    stdlib QueueListener, which wakes for every record, about as much (599 vs 723): each write
-    or wake-up hands the GIL to a busy inference worker and waits to get it back. With one
-    wake-up per interval the gap was within the noise (577 vs 589). A line is at most
+    Not on the event loop, and not woken per record as a stdlib QueueListener is: each write or
+    wake-up hands the GIL to a busy inference worker and waits to get it back, which cost mnist
+    a fifth of its throughput (docs/serving.md, Logging). A line is at most
     ``interval_s`` late; what is queued is written at exit.
     """
 

@@ -111,7 +111,7 @@ def sha256_file(path: Path) -> str:
 @contextmanager
 def _quiet_torchscript_deprecation() -> Iterator[None]:
     # torch>=2.14 warns that torch.jit is deprecated. The product ships TorchScript on purpose
-    # (see DEVELOPERS.md); silence exactly that warning, here only.
+    # (docs/serving.md, Why TorchScript); silence exactly that warning, here only.
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning

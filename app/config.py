@@ -18,8 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.precision import PrecisionSetting
 
-# A model this slow per image is worth a worker per core (see Settings.inference_workers).
-SPLIT_MIN_FORWARD_MS = 2.0
+# A model this costly per image is worth a worker per core (see Settings.inference_workers).
+# Between the shipped ones: mnist 39 MFLOP (one worker), cifar10 473 (with its flip TTA).
+SPLIT_MIN_MFLOPS = 100.0
 
 
 def usable_cores() -> int:
@@ -69,18 +70,18 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0)  # decode + queue + inference; then 503
 
     # Inference: each model gets `inference_workers` threads taking batches off its queue, each
-    # running the forward pass on `torch_threads` cores. One thread per worker on purpose: on a
-    # busy 2-core box a two-thread torch (OpenMP) team waits at every barrier for the core the
-    # event loop holds, where two single-threaded workers just share the cores (A/B runs on
-    # this project's 2-core machine, cifar10 at concurrency 32: 268 vs 235 pairs/s).
+    # running the forward pass on `torch_threads` cores. One torch thread per worker: on a busy
+    # box a torch (OpenMP) team waits at every barrier for the core the event loop holds, where
+    # single-threaded workers just share the cores (measurements: docs/serving.md).
     # 0 workers = auto: cores / (processes x torch_threads) for a model whose one-image forward
-    # takes at least SPLIT_MIN_FORWARD_MS, else 1; for a tiny model the hand-offs between
-    # workers cost more than the second core gives back (mnist: 610 pairs/s with 1, 456 with 2).
+    # pass costs at least SPLIT_MIN_MFLOPS (counted once at start-up, so the same model gets
+    # the same count on every start), else 1: for a small model the hand-offs between workers
+    # cost more than a second core gives back.
     torch_threads: int = Field(1, gt=0)
     inference_workers: int = Field(0, ge=0)
     # Number format of the forward pass (app/precision.py): "auto" = bfloat16 on a CPU that
-    # computes it natively (the cifar10 tower 1.4-1.8x as fast at batch 32-64, the same test
-    # accuracy), else float32.
+    # computes it natively, else float32; a model whose card records a bfloat16 accuracy loss
+    # over 0.5 points runs in float32 regardless.
     inference_precision: PrecisionSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
     # Images waiting for a decode thread across requests (app/embedding.py DecodePool); a
@@ -129,11 +130,11 @@ class Settings(BaseSettings):
                 )
         return self
 
-    def inference_workers_for(self, forward_ms: float) -> int:
-        """Inference workers for a model whose one-image forward pass takes ``forward_ms``."""
+    def inference_workers_for(self, mflops: float) -> int:
+        """Inference workers for a model whose one-image forward pass costs ``mflops``."""
         if self.inference_workers:
             return self.inference_workers
-        if forward_ms < SPLIT_MIN_FORWARD_MS:
+        if mflops < SPLIT_MIN_MFLOPS:
             return 1
         return max(1, usable_cores() // (self.workers * self.torch_threads))
 

@@ -20,9 +20,10 @@ import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from torch.utils.flop_counter import FlopCounterMode
 
 from app import __version__
-from app.api import embed, health, metrics, models, similarity, verify
+from app.api import docs, embed, health, metrics, models, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.api.uploads import UploadBudget
 from app.batching import Batcher, Overloaded
@@ -33,6 +34,7 @@ from app.images import OverBudget
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
 from app.precision import Precision, autocast
+from app.precision import for_card as precision_for_card
 from app.precision import resolve as resolve_precision
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
@@ -43,7 +45,8 @@ WARM_UP_TIMEOUT_S = 120.0
 
 DESCRIPTION = """
 Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
-TIFF); every answer names the model and its version.
+TIFF); every answer names the model and its version, and carries `warnings` when an upload is
+far from what the model was trained on (colour vs greyscale, shape, size).
 
 * `POST /similarity`: distance and calibrated P(same) of two images
 * `POST /verify`: same or not, at the model's calibrated threshold or yours
@@ -101,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # app/api/docs.py serves /docs without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
@@ -109,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     protected = [Security(api_key_scheme)] if api_keys or admin_keys else []
     app.include_router(health.router)
+    docs.add_docs(app)
     for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
         app.include_router(router, dependencies=protected)
 
@@ -128,11 +134,17 @@ async def _start_and_warm_up(
     served: ServedModel, registry: Registry, settings: Settings, metrics: Metrics
 ) -> None:
     card = served.card
-    precision = resolve_precision(settings.inference_precision)
+    precision, fallback = precision_for_card(
+        resolve_precision(settings.inference_precision), card.metrics
+    )
+    if fallback is not None:
+        logger.warning("model %s: %s; falling back to float32", served.name, fallback)
+        served.precision_note = f"float32: {fallback}"
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
-        forward_ms = await asyncio.wait_for(
-            asyncio.to_thread(_one_image_ms, served.module, blank, precision), WARM_UP_TIMEOUT_S
+        forward_ms, mflops = await asyncio.wait_for(
+            asyncio.to_thread(_measure_one_image, served.module, blank, precision),
+            WARM_UP_TIMEOUT_S,
         )
     except Exception as e:
         _refuse(served, registry, e)
@@ -145,13 +157,14 @@ async def _start_and_warm_up(
         queue_max=settings.queue_max,
         metrics=metrics,
         precision=precision,
-        workers=settings.inference_workers_for(forward_ms),
+        workers=settings.inference_workers_for(mflops),
     )
     batcher.start()
     served.batcher = batcher
     logger.info(
-        "model %s: one image in %.1f ms at %s; %d inference worker(s) x %d torch thread(s)",
-        served.name, forward_ms, precision, batcher.workers, settings.torch_threads,
+        "model %s: %.0f MFLOP and %.1f ms per image at %s; %d inference worker(s) x %d torch "
+        "thread(s)",
+        served.name, mflops, forward_ms, precision, batcher.workers, settings.torch_threads,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + WARM_UP_TIMEOUT_S
@@ -164,16 +177,22 @@ async def _start_and_warm_up(
         await batcher.stop()
 
 
-def _one_image_ms(module: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
-    """The best of a few one-image forward passes, in ms; the first ones also warm TorchScript
-    up (it profiles and optimises on its first calls)."""
+def _measure_one_image(
+    module: torch.nn.Module, x: torch.Tensor, precision: Precision
+) -> tuple[float, float]:
+    """(ms, MFLOP) of a one-image forward pass. The ms, the best of a few passes whose first
+    ones also warm TorchScript up (it profiles and optimises on its first calls), is only
+    logged: it varies with the load, so the worker count is decided from the FLOPs."""
     best = float("inf")
     with torch.inference_mode(), autocast(precision):
         for _ in range(4):
             started = time.perf_counter()
             module(x.unsqueeze(0))
             best = min(best, time.perf_counter() - started)
-    return best * 1000
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(x.unsqueeze(0))
+    return best * 1000, counter.get_total_flops() / 1e6
 
 
 def _refuse(served: ServedModel, registry: Registry, error: Exception) -> None:

@@ -119,16 +119,14 @@ _PLAIN = logging.Formatter()
 class _LogWriter:
     """Formats queued records and writes them to ``stream`` in one write every ``interval_s``.
 
-    Writing each access line on the event loop cost mnist a fifth of its throughput at
-    concurrency 32 (alternating A/B rounds: 595 vs 735 pairs/s with access lines off), and a
-    stdlib QueueListener, which wakes for every record, about as much (599 vs 723): each write
-    or wake-up hands the GIL to a busy inference worker and waits to get it back. With one
-    wake-up per interval the gap was within the noise (577 vs 589). A line is at most
-    ``interval_s`` late; what is queued is written at exit, for at most ``flush_timeout_s``.
+    Not on the event loop, and not woken per record as a stdlib QueueListener is: each write or
+    wake-up hands the GIL to a busy inference worker and waits to get it back, which cost mnist
+    a fifth of its throughput (docs/serving.md, Logging). A line is at most ``interval_s`` late;
+    what is queued is written at exit, for at most ``flush_timeout_s``.
 
     At most ``queue_max`` records wait; more are dropped and counted, and a line saying how
-    many is written once the stream takes writes again. A stderr on a pipe nobody read grew the
-    queue by 28 MB over 12k requests, and exit then hung in the final flush (issue 12).
+    many is written once the stream takes writes again: a stderr on a pipe nobody reads must
+    neither grow memory without bound nor hang the exit (issue 12).
     """
 
     def __init__(

@@ -36,6 +36,7 @@ class ServedModel:
     card: ModelCard
     module: torch.jit.ScriptModule
     batcher: Batcher | None = None  # set by the app's lifespan
+    precision_note: str | None = None  # why it does not run in the configured precision
 
 
 class Registry:

@@ -5,7 +5,7 @@ Requests are multipart forms, declared in the routes with ``File``/``Form`` para
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,7 +47,8 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not ready"]
     models: dict[str, str] = Field(
-        description='Each model found in the store: "up", or why it was refused'
+        description='Each model found in the store: "up", "warming up" (while starting), or '
+        "why it was refused"
     )
     detail: str | None = Field(None, description="Why the service is not ready")
 
@@ -64,8 +65,12 @@ class ModelInfo(BaseModel):
     name: str = Field(description="What to pass as the `model` form field")
     default: bool = Field(description="Used when a request names no model")
     precision: Precision = Field(
-        description="Number format this server runs the forward pass in (bfloat16 where the "
-        "CPU has it natively; the test metrics hold either way)"
+        description="Number format this server runs the forward pass in: bfloat16 where the "
+        "CPU has it natively, unless the card records that it costs this model more than 0.5 "
+        "points of pair accuracy against float32"
+    )
+    precision_note: str | None = Field(
+        None, description="Why the model runs in float32 although the server is set otherwise"
     )
     inference_workers: int = Field(
         description="Threads running this model's forward passes on this server"
@@ -99,9 +104,21 @@ class ModelAnswer(BaseModel):
     model_version: str = Field(description="Its version (sha256 prefix of model.pt)")
 
 
+# Declared last in each answer (pydantic puts a base class's fields first), so it reads last.
+Warnings = Annotated[
+    list[str],
+    Field(
+        default_factory=list,
+        description="Sentences naming uploads far from what the model was trained on (colour "
+        "vs greyscale, shape, size), whose answer may not mean much; empty otherwise",
+    ),
+]
+
+
 class EmbedResponse(ModelAnswer):
     dim: int
     embedding: list[float] = Field(description="The image's embedding, `dim` floats")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -116,6 +133,7 @@ class SimilarityResponse(ModelAnswer):
     distance: float = Field(ge=0, description="Euclidean distance between the two embeddings")
     similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
     threshold: float = Field(description="The model's calibrated threshold, for reference")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -137,6 +155,7 @@ class VerifyResponse(ModelAnswer):
     distance: float = Field(ge=0)
     threshold: float = Field(description="The threshold applied: the request's or the model's")
     similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -171,6 +190,7 @@ class OneToManyResponse(ModelAnswer):
     results: list[CandidateMatch | CandidateError] = Field(
         description="Matches by ascending distance, then the candidates that failed, by index"
     )
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -192,6 +212,7 @@ class OneToManyResponse(ModelAnswer):
 
 class MatrixResponse(ModelAnswer):
     distances: list[list[float]] = Field(description="N x N euclidean distances, zero diagonal")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={

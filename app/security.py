@@ -22,13 +22,14 @@ from fastapi.security import APIKeyHeader
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.docs import ASSET_PATHS, DOCS_PATH
 from app.config import Settings
 from app.observability import REQUEST_ID_HEADER
 
 API_KEY_HEADER = "X-API-Key"
 # The probes must work for the orchestrator; the schema and its viewers hold no secret, and
 # Swagger UI needs them to offer "Authorize".
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", DOCS_PATH}) | ASSET_PATHS
 ADMIN_PATHS = frozenset({"/metrics"})
 
 # Declared on the protected routers only to document the header in OpenAPI (/docs shows a lock

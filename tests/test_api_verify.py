@@ -15,7 +15,9 @@ def test_verify_uses_the_calibrated_threshold_by_default(client, digits):
     r = verify(client, digits["4"][0], digits["4"][0])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"model", "model_version", "same", "distance", "threshold", "similarity"}
+    assert set(body) == {
+        "model", "model_version", "same", "distance", "threshold", "similarity", "warnings"
+    }  # fmt: skip
     assert body["same"] is True and body["threshold"] == THRESHOLD
     assert body["similarity"] == pytest.approx(CALIBRATION.probability(body["distance"]))
 

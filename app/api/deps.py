@@ -86,7 +86,7 @@ class ImageJob:
 
 async def image_job(request: Request, model: ModelName = None) -> ImageJob:
     # One dependency for the image routes, not one per part: FastAPI solves each dependency
-    # anew on every request, re-reading the form for each (7 solves per /similarity before).
+    # anew on every request, re-reading the form for each.
     try:
         served = _ready_registry(request).get(model)
     except UnknownModel as e:

@@ -7,6 +7,7 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, File, HTTPException, UploadFile
 
+from app import ood
 from app.api.deps import ImageJobDep, Threshold
 from app.api.uploads import (
     ImageFile,
@@ -44,7 +45,7 @@ async def similarity(
     image_b: ImageFile,
     job: ImageJobDep,
 ) -> SimilarityResponse:
-    a, b = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
+    (a, b), warnings = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
     model = job.model
     d = distance(a, b)
     return SimilarityResponse(
@@ -53,6 +54,7 @@ async def similarity(
         distance=d,
         similarity=model.card.calibration.probability(d),
         threshold=model.card.threshold,
+        warnings=warnings,
     )
 
 
@@ -96,11 +98,17 @@ async def one_to_many(
         p = model.card.calibration.probability(d)
         matches.append(CandidateMatch(index=i, distance=d, similarity=p, same=d <= applied))
     matches.sort(key=lambda m: (m.distance, m.index))
+    usable = [("query", blobs[0])] + [
+        (f"candidates[{i}]", blobs[1 + i])
+        for i, emb in enumerate(candidate_embs)
+        if not isinstance(emb, ImageError)
+    ]
     return OneToManyResponse(
         model=model.name,
         model_version=model.card.version,
         threshold=applied,
         results=[*matches, *failures],
+        warnings=ood.warnings_for(model, usable),
     )
 
 
@@ -121,8 +129,11 @@ async def matrix(
             422, detail=f"send 2 to {settings.max_matrix_images} images; got {len(images)}"
         )
     named = [(f"images[{i}]", upload) for i, upload in enumerate(images)]
-    embs = await embed_uploads(named, job)
+    embs, warnings = await embed_uploads(named, job)
     distances = distance_matrix(torch.stack(embs))  # (N, N)
     return MatrixResponse(
-        model=model.name, model_version=model.card.version, distances=distances.tolist()
+        model=model.name,
+        model_version=model.card.version,
+        distances=distances.tolist(),
+        warnings=warnings,
     )

@@ -33,6 +33,7 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import FormData
 from starlette.types import Message, Receive
 
+from app import ood
 from app.api.deps import RETRY_AFTER_S, ImageJob
 from app.config import Settings
 from app.images import ACCEPTED, ImageError, TooLarge
@@ -230,8 +231,9 @@ def image_error(field: str, error: ImageError) -> HTTPException:
 
 async def embed_uploads(
     named: Sequence[tuple[str, UploadFile]], job: ImageJob
-) -> list[torch.Tensor]:
-    """Read, decode and embed every upload, or raise the first upload's error."""
+) -> tuple[list[torch.Tensor], list[str]]:
+    """Read, decode and embed every upload, or raise the first upload's error; with the
+    out-of-distribution warnings for the uploads (app/ood.py)."""
     blobs = [await read_image(upload, field, job.settings, job.metrics) for field, upload in named]
     results = await job.embedder.embed(job.model, blobs, job.cache_partition)
     embs: list[torch.Tensor] = []
@@ -239,4 +241,5 @@ async def embed_uploads(
         if isinstance(result, ImageError):
             raise image_error(field, result)
         embs.append(result)
-    return embs
+    fields = [field for field, _ in named]
+    return embs, ood.warnings_for(job.model, list(zip(fields, blobs, strict=True)))

@@ -25,7 +25,7 @@ async def verify(
     job: ImageJobDep,
     threshold: Threshold = None,
 ) -> VerifyResponse:
-    a, b = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
+    (a, b), warnings = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
     model = job.model
     distance = euclidean(a, b)
     applied = model.card.threshold if threshold is None else threshold
@@ -36,4 +36,5 @@ async def verify(
         distance=distance,
         threshold=applied,
         similarity=model.card.calibration.probability(distance),
+        warnings=warnings,
     )

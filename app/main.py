@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from app import __version__
-from app.api import embed, health, metrics, models, similarity, verify
+from app.api import calibrate, embed, health, metrics, models, profiles, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
@@ -34,6 +34,7 @@ from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
 from app.precision import Precision, autocast
 from app.precision import resolve as resolve_precision
+from app.profiles import ProfileStore
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
 
@@ -51,6 +52,8 @@ TIFF); every answer names the model and its version.
 * `POST /similarity/matrix`: all pairwise distances
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
+* `POST /calibrate`: measure a model on your own labelled pairs, save a threshold profile
+* `GET /`: a web page to try it all in a browser
 """
 
 
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Registry.load, settings.model_store, settings.default_model
         )
         state.registry = registry
+        state.profiles = ProfileStore(settings.data_dir / "profiles")
         state.embedder = Embedder(
             settings, EmbeddingCache(settings.cache_entries, app_metrics), app_metrics
         )
@@ -105,7 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     protected = [Security(api_key_scheme)] if api_keys else []
     app.include_router(health.router)
-    for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
+    for router in (
+        similarity.router,
+        verify.router,
+        embed.router,
+        models.router,
+        metrics.router,
+        calibrate.router,
+        profiles.router,
+    ):
         app.include_router(router, dependencies=protected)
 
     _add_error_handlers(app)

@@ -43,7 +43,7 @@ class Profile(BaseModel):
     eer: float
     pairs: int
     table: list[ThresholdRate] = Field(default_factory=list)
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat("seconds"))
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 class ProfileStore:

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from app import __version__
+from app import __version__, web
 from app.api import calibrate, embed, health, metrics, models, profiles, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.batching import Batcher, Overloaded
@@ -117,8 +117,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
         calibrate.router,
         profiles.router,
+        web.api_router,
     ):
         app.include_router(router, dependencies=protected)
+    web.mount(app)  # the page and its static files: open, they hold no data
 
     _add_error_handlers(app)
 

@@ -213,7 +213,10 @@ function thumbnail(input, img) {
   const file = input.files[0];
   if (img.src) URL.revokeObjectURL(img.src);
   img.hidden = !file;
-  if (file) img.src = URL.createObjectURL(file);
+  if (file) {
+    img.onerror = () => { img.hidden = true; };  // not previewable; the API will say why
+    img.src = URL.createObjectURL(file);
+  }
   state.pair = null;
   $("result").hidden = true;
 }
@@ -380,7 +383,7 @@ async function selectModel(name) {
   const top = Math.max(card.threshold * 1.5, rows.length ? rows[rows.length - 1].threshold : 0);
   const slider = $("threshold");
   slider.max = top.toFixed(3);
-  slider.step = (top / 1000).toFixed(5);
+  slider.step = "any";  // a snapped step would show a value the model does not use
   slider.value = card.threshold;
   $("threshold-out").textContent = fmt(card.threshold);
   $("model-summary").textContent = `version ${card.version}, threshold ${fmt(card.threshold)}`;

@@ -53,7 +53,15 @@ class Calibration(BaseModel):
     method: Literal["logistic"] = "logistic"
     intercept: float
     slope: float = Field(lt=0, description="negative: larger distance, less likely the same")
-    table: list[ThresholdRate] = Field(default_factory=list)
+    # How P(same) and the threshold agree (issue 14): "threshold" = the balanced-accuracy threshold
+    # is chosen first and the map is fitted with intercept = -slope * threshold, so P = 0.5 there.
+    # None: an older card whose free two-parameter fit need not cross 0.5 at the threshold.
+    anchor: Literal["threshold"] | None = Field(
+        None, description="threshold: fitted so that P(same) = 0.5 exactly at the card's threshold"
+    )
+    table: list[ThresholdRate] = Field(
+        default_factory=list, description="validation FAR/FRR by threshold, ascending"
+    )
 
     def probability(self, distance: float) -> float:
         z = self.intercept + self.slope * distance

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(60.0, gt=0)  # to send a whole upload (10 MB at 1.4 Mbit/s)
     keep_alive_s: int = Field(5, gt=0)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(512, gt=0)  # open connections per process; then 503
+    # POST /calibrate: a zip of pairs.csv + images. Each image is also held to max_upload_bytes;
+    # the caps bound memory against zip bombs (declared sizes are checked, then enforced on read).
+    max_calibrate_zip_bytes: int = Field(50 * 1024 * 1024, gt=0)  # the upload itself
+    max_calibrate_entries: int = Field(2000, gt=0)  # files in the zip
+    max_calibrate_pairs: int = Field(5000, gt=0)  # rows of pairs.csv
+    max_calibrate_total_bytes: int = Field(100 * 1024 * 1024, gt=0)  # uncompressed images read
+    min_calibrate_pairs_per_label: int = Field(5, gt=0)  # same and different pairs, each
 
     # Micro-batching, per model
     batch_max_size: int = Field(32, gt=0)  # images per forward pass

@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from torch.utils.flop_counter import FlopCounterMode
 
-from app import __version__
-from app.api import docs, embed, health, metrics, models, similarity, verify
+from app import __version__, web
+from app.api import calibrate, docs, embed, health, metrics, models, profiles, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.api.uploads import UploadBudget
 from app.batching import Batcher, Overloaded
@@ -36,6 +36,7 @@ from app.observability import RequestContextMiddleware, configure_logging
 from app.precision import Precision, autocast
 from app.precision import for_card as precision_for_card
 from app.precision import resolve as resolve_precision
+from app.profiles import ProfileStore
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
 
@@ -54,6 +55,8 @@ far from what the model was trained on (colour vs greyscale, shape, size).
 * `POST /similarity/matrix`: all pairwise distances
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
+* `POST /calibrate`: measure a model on your own labelled pairs, save a threshold profile
+* `GET /`: a web page to try it all in a browser
 """
 
 
@@ -79,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Registry.load, settings.model_store, settings.default_model
         )
         state.registry = registry
+        state.profiles = ProfileStore(settings.data_dir / "profiles")
         state.embedder = Embedder(
             settings, EmbeddingCache(settings.cache_entries, app_metrics), app_metrics
         )
@@ -115,8 +119,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected = [Security(api_key_scheme)] if api_keys or admin_keys else []
     app.include_router(health.router)
     docs.add_docs(app)
-    for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
+    for router in (
+        similarity.router,
+        verify.router,
+        embed.router,
+        models.router,
+        metrics.router,
+        calibrate.router,
+        profiles.router,
+        web.api_router,
+    ):
         app.include_router(router, dependencies=protected)
+    web.mount(app)  # the page and its static files: open, they hold no data
 
     _add_error_handlers(app)
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.artifact import Calibration, InputSpec
 from app.precision import Precision
+from app.thresholds import ThresholdSource
 
 _VERSION = "3f2a9c1b7d4e"
 
@@ -32,7 +33,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "An upload is not a decodable image (PNG, JPEG, GIF, WebP, BMP, TIFF)",
         401: "API keys are configured and X-API-Key is missing",
         403: "X-API-Key is not one of the configured keys",
-        404: "No model by that name",
+        404: "No model by that name (or no profile by that name)",
+        409: "The named profile was calibrated on another version of the model",
         413: "An upload is over max_upload_bytes, or an image over max_image_pixels",
         422: "A field is missing or invalid",
         503: "Not ready, overloaded or timed out: retry after Retry-After seconds",
@@ -150,10 +152,17 @@ class SimilarityResponse(ModelAnswer):
     )
 
 
+ThresholdSourceField = Field(
+    description="Where the threshold came from: model (its calibrated default), request "
+    "(`threshold`), far (`far`, via the validation table) or profile (`profile`)"
+)
+
+
 class VerifyResponse(ModelAnswer):
     same: bool = Field(description="distance <= threshold")
     distance: float = Field(ge=0)
-    threshold: float = Field(description="The threshold applied: the request's or the model's")
+    threshold: float = Field(description="The threshold applied (see threshold_source)")
+    threshold_source: ThresholdSource = ThresholdSourceField
     similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
     warnings: Warnings
 
@@ -166,6 +175,7 @@ class VerifyResponse(ModelAnswer):
                     "same": True,
                     "distance": 0.41,
                     "threshold": 0.8,
+                    "threshold_source": "model",
                     "similarity": 0.93,
                 }
             ]
@@ -187,6 +197,7 @@ class CandidateError(BaseModel):
 
 class OneToManyResponse(ModelAnswer):
     threshold: float = Field(description="The threshold applied to every candidate")
+    threshold_source: ThresholdSource = ThresholdSourceField
     results: list[CandidateMatch | CandidateError] = Field(
         description="Matches by ascending distance, then the candidates that failed, by index"
     )
@@ -199,6 +210,7 @@ class OneToManyResponse(ModelAnswer):
                     "model": "mnist",
                     "model_version": _VERSION,
                     "threshold": 0.8,
+                    "threshold_source": "model",
                     "results": [
                         {"index": 1, "distance": 0.2, "similarity": 0.98, "same": True},
                         {"index": 0, "distance": 1.3, "similarity": 0.04, "same": False},
@@ -221,3 +233,42 @@ class MatrixResponse(ModelAnswer):
             ]
         }
     )
+
+
+class OperatingPoint(BaseModel):
+    threshold: float = Field(description="A distance: at or below means same")
+    far: float = Field(description="False-accept rate: different pairs judged same")
+    frr: float = Field(description="False-reject rate: same pairs judged different")
+
+
+class CalibrateResponse(ModelAnswer):
+    pairs: int = Field(description="Labelled pairs measured")
+    auc: float = Field(description="ROC AUC: P(a same pair is closer than a different one)")
+    eer: float = Field(description="Equal error rate")
+    threshold: float = Field(
+        description="Recommended threshold: the one that maximises balanced accuracy "
+        "(mean of the true-accept and true-reject rates) on these pairs"
+    )
+    threshold_rule: Literal["balanced_accuracy"] = "balanced_accuracy"
+    far: float = Field(description="False-accept rate at threshold, on these pairs")
+    frr: float = Field(description="False-reject rate at threshold, on these pairs")
+    table: list[OperatingPoint] = Field(description="FAR and FRR by threshold, ascending")
+    roc_png: str = Field(description="Base64 PNG of the ROC curve, the threshold marked")
+    profile: str | None = Field(None, description="The profile saved (201), if one was named")
+
+
+class ProfileInfo(BaseModel):
+    name: str
+    model_version: str
+    applicable: bool = Field(description="Made with the model version that is serving")
+    threshold: float
+    far: float
+    frr: float
+    auc: float
+    eer: float
+    pairs: int
+    created_at: str
+
+
+class ProfilesResponse(ModelAnswer):
+    profiles: list[ProfileInfo]

@@ -29,8 +29,10 @@ from app.observability import REQUEST_ID_HEADER
 API_KEY_HEADER = "X-API-Key"
 # The probes must work for the orchestrator; the schema and its viewers hold no secret, and
 # Swagger UI needs them to offer "Authorize".
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", DOCS_PATH}) | ASSET_PATHS
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", DOCS_PATH, "/"}) | ASSET_PATHS
 ADMIN_PATHS = frozenset({"/metrics"})
+# The web page's own files (app/web/static) hold no data; the page sends the key for the API.
+OPEN_PREFIXES = ("/static/",)
 
 # Declared on the protected routers only to document the header in OpenAPI (/docs shows a lock
 # and an "Authorize" button); the middleware below does the enforcing.
@@ -48,7 +50,8 @@ class APIKeyMiddleware:
         self._keys = [(k.encode(), k in admin_keys) for k in sorted(keys | admin_keys)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         provided = next((v for k, v in scope["headers"] if k == b"x-api-key"), None)

@@ -16,9 +16,11 @@ def test_verify_uses_the_calibrated_threshold_by_default(client, digits):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {
-        "model", "model_version", "same", "distance", "threshold", "similarity", "warnings"
+        "model", "model_version", "same", "distance", "threshold", "threshold_source",
+        "similarity", "warnings",
     }  # fmt: skip
     assert body["same"] is True and body["threshold"] == THRESHOLD
+    assert body["threshold_source"] == "model"
     assert body["similarity"] == pytest.approx(CALIBRATION.probability(body["distance"]))
 
 
@@ -29,6 +31,7 @@ def test_verify_threshold_decides_same(client, digits):
     below = verify(client, a, b, threshold=str(distance / 2)).json()
     above = verify(client, a, b, threshold=str(distance * 2)).json()
     assert below["same"] is False and below["threshold"] == pytest.approx(distance / 2)
+    assert below["threshold_source"] == above["threshold_source"] == "request"
     assert above["same"] is True and above["threshold"] == pytest.approx(distance * 2)
     assert below["distance"] == above["distance"] == distance
 

@@ -64,6 +64,27 @@ Threshold = Annotated[
         examples=[0.8],
     ),
 ]
+Far = Annotated[
+    float | None,
+    Form(
+        description="Target false-accept rate in (0, 1) instead of a threshold: the threshold "
+        "is read off the model's validation FAR/FRR table (interpolated, never extrapolated)",
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        examples=[0.001],
+    ),
+]
+ProfileName = Annotated[
+    str | None,
+    Form(
+        description="A threshold profile saved with POST /calibrate for this model version",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        examples=["night-shift"],
+    ),
+]
 
 
 def _ready_registry(request: Request) -> Registry:

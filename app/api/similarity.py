@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 
 from app import ood
-from app.api.deps import ImageJobDep, Threshold
+from app.api.deps import Far, ImageJobDep, ProfileName, Threshold
 from app.api.uploads import (
     ImageFile,
     UploadRoute,
@@ -27,6 +27,7 @@ from app.schemas import (
     SimilarityResponse,
     errors,
 )
+from app.thresholds import resolve_threshold
 
 router = APIRouter(tags=["similarity"], route_class=UploadRoute)
 
@@ -64,18 +65,24 @@ async def similarity(
     summary="Rank candidate images by distance to a query image",
     description="A candidate that is not a usable image gets `{index, error}` in the results "
     "instead of failing the call; candidates are identified by position, never by file name.",
-    responses=_ERRORS,
+    responses={**_ERRORS, **errors(409)},
 )
 @max_files(lambda s: 1 + s.max_candidates)
 async def one_to_many(
+    request: Request,
     query: ImageFile,
     candidates: Annotated[
         list[UploadFile], File(description="1 to max_candidates (64) images to rank")
     ],
     job: ImageJobDep,
     threshold: Threshold = None,
+    far: Far = None,
+    profile: ProfileName = None,
 ) -> OneToManyResponse:
     model, settings, metrics = job.model, job.settings, job.metrics
+    chosen = resolve_threshold(
+        request.app.state, model, threshold=threshold, far=far, profile=profile
+    )
     if len(candidates) > settings.max_candidates:
         raise HTTPException(
             422, detail=f"at most {settings.max_candidates} candidates; got {len(candidates)}"
@@ -87,7 +94,7 @@ async def one_to_many(
     if isinstance(query_emb, ImageError):
         raise image_error("query", query_emb)
 
-    applied = model.card.threshold if threshold is None else threshold
+    applied = chosen.value
     matches: list[CandidateMatch] = []
     failures: list[CandidateError] = []
     for i, emb in enumerate(candidate_embs):
@@ -107,6 +114,7 @@ async def one_to_many(
         model=model.name,
         model_version=model.card.version,
         threshold=applied,
+        threshold_source=chosen.source,
         results=[*matches, *failures],
         warnings=ood.warnings_for(model, usable),
     )

@@ -47,11 +47,15 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 ImageFile = Annotated[UploadFile, File(description=f"An image: {ACCEPTED}")]
 
 
-def max_files(count: Callable[[Settings], int]) -> Callable[[Endpoint], Endpoint]:
-    """Declare how many image parts an endpoint accepts, e.g. ``@max_files(lambda s: 2)``."""
+def max_files(
+    count: Callable[[Settings], int], body_bytes: Callable[[Settings], int] | None = None
+) -> Callable[[Endpoint], Endpoint]:
+    """Declare how many image parts an endpoint accepts, e.g. ``@max_files(lambda s: 2)``, and
+    optionally its own body cap (default: ``count * max_upload_bytes`` plus slack)."""
 
     def mark(endpoint: Endpoint) -> Endpoint:
         endpoint.max_files = count  # type: ignore[attr-defined]
+        endpoint.body_bytes = body_bytes  # type: ignore[attr-defined]
         return endpoint
 
     return mark
@@ -95,10 +99,11 @@ class UploadRoute(APIRoute):
         count: Callable[[Settings], int] | None = getattr(self.endpoint, "max_files", None)
         if count is None:
             return handler
+        body_bytes: Callable[[Settings], int] | None = getattr(self.endpoint, "body_bytes", None)
 
         async def capped_handler(request: Request) -> Response:
             settings: Settings = request.app.state.settings
-            cap = body_cap(settings, count(settings))
+            cap = body_bytes(settings) if body_bytes else body_cap(settings, count(settings))
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap:
                 raise HTTPException(413, detail=_too_big(cap))
@@ -118,7 +123,12 @@ class UploadRoute(APIRoute):
         return capped_handler
 
 
-TEXT_FIELDS = ("model", "threshold")  # the optional text fields of the image endpoints
+TEXT_FIELDS = (
+    "model",
+    "threshold",
+    "far",
+    "profile",
+)  # the optional text fields of the image endpoints
 
 
 def _reject_empty_fields(form: FormData) -> None:

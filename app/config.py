@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_parts: int = Field(70, gt=0)  # multipart files per request (and text fields, separately)
     max_candidates: int = Field(64, gt=0)  # /similarity/one-to-many candidates
     max_matrix_images: int = Field(64, ge=2)  # /similarity/matrix images
+    # /similarity/sets: images per set (two sets per request). Embedded in chunks that fit
+    # queue_max, so unlike the routes above a set need not fit the queue in one go.
+    max_set_images: int = Field(256, ge=2)
 
     # Micro-batching, per model
     batch_max_size: int = Field(32, gt=0)  # images per forward pass
@@ -67,6 +70,9 @@ class Settings(BaseSettings):
     inference_precision: PrecisionSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
+    # Drift monitor (app/drift.py): running embedding statistics per model cover the last
+    # window to 2x window images; 0 turns it off.
+    drift_window_images: int = Field(10_000, ge=0)
 
     # Security
     # "k1,k2", '["k1", "k2"]' or a file with one key per line; "" = no auth

@@ -24,11 +24,12 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from app import __version__
-from app.api import embed, health, metrics, models, similarity, verify
+from app.api import drift, embed, health, metrics, models, sets, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
+from app.drift import DriftMonitor
 from app.embedding import Embedder
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
@@ -49,8 +50,10 @@ TIFF); every answer names the model and its version.
 * `POST /verify`: same or not, at the model's calibrated threshold or yours
 * `POST /similarity/one-to-many`: rank candidates against a query
 * `POST /similarity/matrix`: all pairwise distances
+* `POST /similarity/sets`: Fréchet distance between two sets of images
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
+* `GET /models/{model}/drift`: how far the served images are from the model's validation images
 """
 
 
@@ -105,7 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     protected = [Security(api_key_scheme)] if api_keys else []
     app.include_router(health.router)
-    for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
+    routers = (similarity.router, sets.router, verify.router, embed.router, models.router)
+    for router in (*routers, drift.router, metrics.router):
         app.include_router(router, dependencies=protected)
 
     _add_error_handlers(app)
@@ -158,6 +162,20 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         await batcher.stop()
+        return
+    if settings.drift_window_images:  # attached after warm-up: its blank images are not traffic
+        _monitor_drift(served, batcher, settings.drift_window_images, metrics)
+
+
+def _monitor_drift(
+    served: ServedModel, batcher: Batcher, window_images: int, metrics: Metrics
+) -> None:
+    monitor = DriftMonitor(served.card, window_images)
+    served.drift = monitor
+    batcher.observer = monitor.update
+    metrics.drift_images.labels(served.name).set_function(monitor.images)
+    if monitor.reference is not None:
+        metrics.drift_frechet.labels(served.name).set_function(monitor.frechet)
 
 
 def _one_image_ms(module: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:

@@ -68,7 +68,9 @@ class UploadRoute(APIRoute):
                 raise HTTPException(413, detail=_too_big(cap))
             capped = Request(request.scope, _capped_receive(request.receive, cap))
             # Parsed here with our limits; FastAPI's own request.form() then gets this cached form.
-            form = await capped.form(max_files=settings.max_parts, max_fields=settings.max_parts)
+            # An endpoint declaring more files than max_parts (/similarity/sets) gets its count.
+            files = max(settings.max_parts, count(settings))
+            form = await capped.form(max_files=files, max_fields=settings.max_parts)
             _reject_empty_fields(form)
             return await handler(capped)
 

@@ -229,6 +229,9 @@ class Batcher:
         return taken
 
     def _process(self, batch: list[_Item]) -> None:
+        # Read before the results are handed back: an observer attached once a caller has them
+        # (after the warm-up) must not see that caller's images.
+        observer = self.observer
         now = time.monotonic()
         live: list[_Item] = []
         for item in batch:
@@ -242,8 +245,8 @@ class Batcher:
             results = self._run_batch([i.x for i in live], [now - i.enqueued for i in live])
             for item, result in zip(live, results, strict=True):
                 _resolve(item, result)
-            if self.observer is not None:
-                self._observe(self.observer, results)
+            if observer is not None:
+                self._observe(observer, results)
 
     def _run_batch(
         self, xs: list[torch.Tensor], waited_s: list[float]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 from fastapi.testclient import TestClient
+from image_bytes import png
 from test_setdistance import reference_frechet
 
 from app.config import Settings
@@ -155,3 +156,16 @@ def test_unknown_model_is_404(client):
     r = post_sets(client, ones[:2], ones[2:4], model="nope")
     assert r.status_code == 404
     assert "unknown model 'nope'" in r.json()["detail"]
+
+
+def test_too_many_pixels_and_too_many_bytes_are_413(make_settings):
+    ones = read(files_of(DIGITS / "1"))
+    big = png((300, 300))  # 90,000 pixels
+    with TestClient(create_app(make_settings(max_image_pixels=50_000))) as client:
+        r = post_sets(client, [ones[0], big], [ones[1], ones[2], big])
+        assert r.status_code == 413
+        assert "set_a[1]" in r.json()["detail"] and "set_b[2]" in r.json()["detail"]
+    with TestClient(create_app(make_settings(max_upload_bytes=len(big) - 1))) as client:
+        r = post_sets(client, [ones[0], big], ones[1:3])
+        assert r.status_code == 413
+        assert r.json()["detail"].startswith("set_a[1]: upload is over the limit")

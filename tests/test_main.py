@@ -87,7 +87,8 @@ def test_openapi_describes_every_endpoint(client):
     paths = schema["paths"]
     assert set(paths) == {
         "/healthz", "/readyz", "/models", "/metrics", "/embed", "/verify",
-        "/similarity", "/similarity/one-to-many", "/similarity/matrix",
+        "/similarity", "/similarity/one-to-many", "/similarity/matrix", "/similarity/sets",
+        "/models/{model}/drift",
     }  # fmt: skip
     verify = paths["/verify"]["post"]
     assert {"400", "404", "413", "422", "503"} <= set(verify["responses"])

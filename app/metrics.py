@@ -53,8 +53,8 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
-        # Set per model by app/drift.py; computed when scraped, from statistics kept up to date
-        # by the inference workers.
+        # Bound per model to its app/drift.py monitor (app/main.py) and computed when scraped,
+        # from statistics the inference workers keep up to date.
         self.drift_frechet = Gauge(
             "imgsim_drift_frechet",
             "Frechet distance between the embeddings served and the model card's validation "

@@ -100,10 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def live(data: dict[str, tuple[list[bytes], list[int]]], store: Path, n: int = 5000) -> list[dict]:
     """The same through a real ``python -m app`` at its default precision: images sent as
     /similarity/sets requests (each embedding feeds the monitor), then GET /models/{m}/drift."""
@@ -155,3 +151,7 @@ def live(data: dict[str, tuple[list[bytes], list[int]]], store: Path, n: int = 5
             proc.terminate()
             proc.wait(30)
     return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,22 +3,27 @@ the imgsim_drift_* gauges, and all of it against /similarity/sets and the CLI in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from conftest import FIXTURES
 from fastapi.testclient import TestClient
 from test_server import free_port, start, wait_ready
 from test_setdistance import reference_frechet
+from towers import TinyTower
 
 from app import artifact
+from app.batching import Batcher
 from app.drift import DriftMonitor
 from app.main import create_app
 from app.setdistance import GaussianStats, frechet_distance
@@ -199,3 +204,28 @@ def test_real_server_sets_drift_and_cli_agree(drift_store, server_process, monke
     offline_sets = setdistance.compare_folders(drift_store / "mnist", DIGITS / "3", DIGITS / "8")
     assert offline_sets["frechet_distance"] == pytest.approx(online, rel=1e-6)
     assert json.loads(json.dumps(offline_sets))  # plain JSON, as the CLI prints it
+
+
+def test_batcher_feeds_the_observer_from_its_worker_thread():
+    torch.manual_seed(0)
+    tower = TinyTower(channels=1).eval()
+    seen: list[tuple[str, np.ndarray]] = []
+
+    def observer(emb: np.ndarray) -> None:
+        seen.append((threading.current_thread().name, emb.copy()))
+        raise RuntimeError("a broken observer must not fail the request")
+
+    async def run() -> list[torch.Tensor]:
+        batcher = Batcher(tower, name="tiny", max_batch_size=8)
+        batcher.observer = observer
+        batcher.start()
+        try:
+            xs = [torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8) for _ in range(5)]
+            return await batcher.embed_many(xs)
+        finally:
+            await batcher.stop()
+
+    out = asyncio.run(run())
+    assert all(name.startswith("batcher-tiny") for name, _ in seen)  # not the event loop
+    got = np.concatenate([emb for _, emb in seen])
+    np.testing.assert_array_equal(got, torch.stack(out).numpy())

@@ -32,7 +32,7 @@ SetFiles = Annotated[
     "images.",
     responses=errors(400, 401, 403, 404, 413, 422, 503),
 )
-@max_files(lambda s: 2 * s.max_set_images)
+@max_files(lambda s: 2 * s.max_set_images, over_max_parts=True)
 async def set_distance(set_a: SetFiles, set_b: SetFiles, job: ImageJobDep) -> SetDistanceResponse:
     model, settings, metrics = job.model, job.settings, job.metrics
     for field, files in (("set_a", set_a), ("set_b", set_b)):

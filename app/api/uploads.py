@@ -39,11 +39,18 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 ImageFile = Annotated[UploadFile, File(description=f"An image: {ACCEPTED}")]
 
 
-def max_files(count: Callable[[Settings], int]) -> Callable[[Endpoint], Endpoint]:
-    """Declare how many image parts an endpoint accepts, e.g. ``@max_files(lambda s: 2)``."""
+def max_files(
+    count: Callable[[Settings], int], *, over_max_parts: bool = False
+) -> Callable[[Endpoint], Endpoint]:
+    """Declare how many image parts an endpoint accepts, e.g. ``@max_files(lambda s: 2)``.
+
+    The form parser allows ``max_parts`` files; with ``over_max_parts`` the endpoint's own count
+    replaces that limit (/similarity/sets: two sets of up to max_set_images each).
+    """
 
     def mark(endpoint: Endpoint) -> Endpoint:
         endpoint.max_files = count  # type: ignore[attr-defined]
+        endpoint.over_max_parts = over_max_parts  # type: ignore[attr-defined]
         return endpoint
 
     return mark
@@ -59,6 +66,7 @@ class UploadRoute(APIRoute):
         count: Callable[[Settings], int] | None = getattr(self.endpoint, "max_files", None)
         if count is None:
             return handler
+        over_max_parts: bool = getattr(self.endpoint, "over_max_parts", False)
 
         async def capped_handler(request: Request) -> Response:
             settings: Settings = request.app.state.settings
@@ -68,8 +76,7 @@ class UploadRoute(APIRoute):
                 raise HTTPException(413, detail=_too_big(cap))
             capped = Request(request.scope, _capped_receive(request.receive, cap))
             # Parsed here with our limits; FastAPI's own request.form() then gets this cached form.
-            # An endpoint declaring more files than max_parts (/similarity/sets) gets its count.
-            files = max(settings.max_parts, count(settings))
+            files = count(settings) if over_max_parts else settings.max_parts
             form = await capped.form(max_files=files, max_fields=settings.max_parts)
             _reject_empty_fields(form)
             return await handler(capped)

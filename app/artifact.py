@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "model.json"
@@ -72,6 +72,13 @@ class EmbeddingStats(BaseModel):
     images: int = Field(ge=2)
     mean: list[float]  # (D,)
     covariance: list[list[float]]  # (D, D), sample covariance (ddof=1)
+
+    @model_validator(mode="after")
+    def _square(self) -> EmbeddingStats:
+        d = len(self.mean)
+        if len(self.covariance) != d or any(len(row) != d for row in self.covariance):
+            raise ValueError(f"covariance must be {d} x {d}, like the mean")
+        return self
 
 
 class ModelCard(BaseModel):

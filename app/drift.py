@@ -15,6 +15,7 @@ So an old regime ages out instead of diluting a new one for ever. See docs/setdi
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ import torch
 
 from app.artifact import ModelCard
 from app.setdistance import GaussianStats, RunningStats, frechet_distance, sqrt_psd
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,13 @@ class DriftMonitor:
         self.reference: GaussianStats | None = None
         self._reference_sqrt: np.ndarray | None = None
         ref = card.embedding_stats
-        if ref is not None and len(ref.mean) == self.dim:
+        if ref is not None and len(ref.mean) != self.dim:
+            logger.warning(
+                "model %s: card statistics are %d-d, the model %d-d; drift not compared",
+                card.name, len(ref.mean), self.dim,
+            )  # fmt: skip
+            ref = None
+        if ref is not None:
             self.reference = GaussianStats(
                 ref.images, np.asarray(ref.mean, dtype=np.float64), np.asarray(ref.covariance)
             )

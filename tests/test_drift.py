@@ -229,3 +229,10 @@ def test_batcher_feeds_the_observer_from_its_worker_thread():
     assert all(name.startswith("batcher-tiny") for name, _ in seen)  # not the event loop
     got = np.concatenate([emb for _, emb in seen])
     np.testing.assert_array_equal(got, torch.stack(out).numpy())
+
+
+def test_malformed_card_statistics_are_refused(drift_store):
+    data = json.loads((drift_store / "mnist" / artifact.CARD_FILE).read_text())
+    data["embedding_stats"]["covariance"] = data["embedding_stats"]["covariance"][:-1]
+    with pytest.raises(ValueError, match="covariance must be 16 x 16"):
+        artifact.ModelCard.model_validate(data)

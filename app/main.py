@@ -23,12 +23,25 @@ from fastapi.responses import JSONResponse
 from torch.utils.flop_counter import FlopCounterMode
 
 from app import __version__, web
-from app.api import calibrate, docs, embed, health, metrics, models, profiles, similarity, verify
+from app.api import (
+    calibrate,
+    docs,
+    drift,
+    embed,
+    health,
+    metrics,
+    models,
+    profiles,
+    sets,
+    similarity,
+    verify,
+)
 from app.api.deps import RETRY_AFTER_S
 from app.api.uploads import UploadBudget
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
+from app.drift import DriftMonitor
 from app.embedding import Embedder
 from app.images import OverBudget
 from app.metrics import Metrics, instrument
@@ -53,10 +66,12 @@ far from what the model was trained on (colour vs greyscale, shape, size).
 * `POST /verify`: same or not, at the model's calibrated threshold or yours
 * `POST /similarity/one-to-many`: rank candidates against a query
 * `POST /similarity/matrix`: all pairwise distances
+* `POST /similarity/sets`: Fréchet distance between two sets of images
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
 * `POST /calibrate`: measure a model on your own labelled pairs, save a threshold profile
 * `GET /`: a web page to try it all in a browser
+* `GET /models/{model}/drift`: how far the served images are from the model's validation images
 """
 
 
@@ -121,9 +136,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.add_docs(app)
     for router in (
         similarity.router,
+        sets.router,
         verify.router,
         embed.router,
         models.router,
+        drift.router,
         metrics.router,
         calibrate.router,
         profiles.router,
@@ -189,6 +206,20 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         await batcher.stop()
+        return
+    if settings.drift_window_images:  # attached after warm-up: its blank images are not traffic
+        _monitor_drift(served, batcher, settings.drift_window_images, metrics)
+
+
+def _monitor_drift(
+    served: ServedModel, batcher: Batcher, window_images: int, metrics: Metrics
+) -> None:
+    monitor = DriftMonitor(served.card, window_images)
+    served.drift = monitor
+    batcher.observer = monitor.update
+    metrics.drift_images.labels(served.name).set_function(monitor.images)
+    if monitor.reference is not None:
+        metrics.drift_frechet.labels(served.name).set_function(monitor.frechet)
 
 
 def _measure_one_image(

@@ -272,3 +272,48 @@ class ProfileInfo(BaseModel):
 
 class ProfilesResponse(ModelAnswer):
     profiles: list[ProfileInfo]
+
+
+class SetDistanceResponse(ModelAnswer):
+    frechet_distance: float = Field(
+        ge=0,
+        description="||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) over the two sets' "
+        "embeddings: 0 for identical sets, larger the more the sets differ",
+    )
+    n_a: int = Field(description="Images in set_a")
+    n_b: int = Field(description="Images in set_b")
+    mean_distance: float = Field(
+        ge=0, description="Mean euclidean distance over all pairs (one image of each set)"
+    )
+    dim: int = Field(description="Embedding dimension")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "mnist",
+                    "model_version": _VERSION,
+                    "frechet_distance": 0.83,
+                    "n_a": 40,
+                    "n_b": 52,
+                    "mean_distance": 1.21,
+                    "dim": 64,
+                }
+            ]
+        }
+    )
+
+
+class DriftResponse(ModelAnswer):
+    images: int = Field(description="Embeddings computed by this process the statistics cover")
+    window_images: int = Field(
+        description="The statistics cover the last window_images to 2 x window_images"
+    )
+    reference_images: int | None = Field(
+        description="Validation images behind the card's statistics; null: the card has none"
+    )
+    frechet_distance: float | None = Field(
+        description="Fréchet distance between the served embeddings and the card's validation "
+        "embeddings; null without card statistics or before 2 images"
+    )
+    mean_shift: float | None = Field(description="||mu_served - mu_validation||")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -158,14 +159,15 @@ def _reject_empty_fields(form: FormData) -> None:
         )
 
 
-# The fields an endpoint takes as a list (one-to-many, matrix); any other may appear once.
-LIST_FIELDS = frozenset({"candidates", "images"})
+# The fields an endpoint takes as a list (one-to-many, matrix, sets, gallery enrollment); any
+# other may appear once.
+LIST_FIELDS = frozenset({"candidates", "images", "set_a", "set_b"})
 
 
 def _reject_repeated_fields(form: FormData, repeatable: bool) -> None:
-    keys = [key for key, _ in form.multi_items()]
+    counts = Counter(key for key, _ in form.multi_items())
     repeated = sorted(
-        {k for k in keys if keys.count(k) > 1 and not (repeatable and k in LIST_FIELDS)}
+        k for k, n in counts.items() if n > 1 and not (repeatable and k in LIST_FIELDS)
     )
     if repeated:
         raise RequestValidationError(

@@ -105,7 +105,7 @@ class _Job:
         settings = self.embedder.settings
         size = self.model.card.size
         for entry in entries:
-            entry[2] = images.pixels_to_decode(entry[0], size)
+            entry[2] = images.pixels_to_decode(entry[0], size, settings.max_image_pixels)
         total = sum(entry[2] for entry in entries)
         if total > settings.max_request_pixels:
             raise OverBudget(

@@ -170,7 +170,7 @@ async def _start_and_warm_up(
     )
     if fallback is not None:
         logger.warning("model %s: %s; falling back to float32", served.name, fallback)
-        served.precision_note = f"float32: {fallback}"
+        served.precision_note = fallback
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
         forward_ms, mflops = await asyncio.wait_for(
@@ -234,10 +234,20 @@ def _measure_one_image(
             started = time.perf_counter()
             module(x.unsqueeze(0))
             best = min(best, time.perf_counter() - started)
+    return best * 1000, _one_image_mflops(module, x)
+
+
+def _one_image_mflops(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """MFLOP of a one-image float32 forward pass (convolutions and matmuls); 0 when they cannot
+    be counted, which only costs a costly model its extra workers, never its service."""
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        module(x.unsqueeze(0))
-    return best * 1000, counter.get_total_flops() / 1e6
+    try:
+        with torch.inference_mode(), counter:
+            module(x.unsqueeze(0))
+    except Exception as e:
+        logger.warning("could not count the FLOPs of a forward pass: %s", e)
+        return 0.0
+    return counter.get_total_flops() / 1e6
 
 
 def _refuse(served: ServedModel, registry: Registry, error: Exception) -> None:

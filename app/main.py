@@ -24,12 +24,14 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from app import __version__
-from app.api import embed, health, metrics, models, similarity, verify
+from app.api import embed, galleries, health, metrics, models, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
 from app.embedding import Embedder
+from app.galleries.search import GallerySearch
+from app.galleries.store import open_store
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
 from app.precision import Precision, autocast
@@ -51,6 +53,7 @@ TIFF); every answer names the model and its version.
 * `POST /similarity/matrix`: all pairwise distances
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
+* `/galleries`: enroll reference images once, then verify against a subject or identify 1:N
 """
 
 
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         for served in list(registry.models.values()):
             await _start_and_warm_up(served, registry, settings, app_metrics)
+        await _open_galleries(state, settings)
         state.phase = "ready"
         logger.info(
             "ready: serving %s (default %s); refused %s",
@@ -91,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if served.batcher is not None:
                     await served.batcher.stop()
             state.embedder.close()
+            if getattr(state, "galleries", None) is not None:
+                state.galleries.store.close()
             logger.info("stopped")
 
     app = FastAPI(
@@ -107,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
         app.include_router(router, dependencies=protected)
+    app.include_router(galleries.router, dependencies=protected)
 
     _add_error_handlers(app)
 
@@ -158,6 +165,19 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         await batcher.stop()
+
+
+async def _open_galleries(state: object, settings: Settings) -> None:
+    # A store that cannot open (PostgreSQL down, a bad URL) costs the gallery routes only
+    # (503 with the reason); /similarity and the rest still serve.
+    try:
+        store = await asyncio.to_thread(open_store, settings)
+    except Exception as e:
+        logger.error("galleries unavailable: %s", e)
+        state.galleries_error = f"the gallery store did not open ({type(e).__name__})"  # type: ignore[attr-defined]
+        return
+    state.galleries = GallerySearch(store, settings.gallery_ann_min_images)  # type: ignore[attr-defined]
+    logger.info("galleries in %s", type(store).__name__)
 
 
 def _one_image_ms(module: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:

@@ -1,0 +1,36 @@
+"""A real PostgreSQL with pgvector for the gallery tests, from the PyPI package ``pgserver``.
+
+    url = fresh_database(server)   # an empty database of its own per test
+
+Tests that need it skip, saying why, where pgserver is not installed or cannot start here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def start_postgres(root: Path) -> Iterator[Any]:
+    try:
+        import pgserver
+    except ImportError:
+        pytest.skip("pgserver is not installed (pip install 'imgsim[dev]')")
+    try:
+        server = pgserver.get_server(root, cleanup_mode="stop")
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+    except Exception as e:  # no binary for this platform, no shared memory, ...
+        pytest.skip(f"pgserver could not start PostgreSQL with pgvector here: {e}")
+    yield server
+    server.cleanup()
+
+
+def fresh_database(server: Any) -> str:
+    name = f"imgsim_{uuid.uuid4().hex[:12]}"
+    server.psql(f"CREATE DATABASE {name};")
+    base, _, query = server.get_uri().partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}"

@@ -8,6 +8,7 @@ Tests that need it skip, saying why, where pgserver is not installed or cannot s
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ def start_postgres(root: Path) -> Iterator[Any]:
     except ImportError:
         pytest.skip("pgserver is not installed (pip install 'imgsim[dev]')")
     try:
-        server = pgserver.get_server(root, cleanup_mode="stop")
+        with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" in CI
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(root, cleanup_mode="stop")
         server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
     except Exception as e:  # no binary for this platform, no shared memory, ...
         pytest.skip(f"pgserver could not start PostgreSQL with pgvector here: {e}")

@@ -17,12 +17,15 @@ import pytest
 
 
 def start_postgres(root: Path) -> Iterator[Any]:
+    # platformdirs warns "XDG_RUNTIME_DIR is not set" (containers, CI): not ours to fix.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+        except ImportError:
+            pytest.skip("pgserver is not installed (pip install 'imgsim[dev]')")
     try:
-        import pgserver
-    except ImportError:
-        pytest.skip("pgserver is not installed (pip install 'imgsim[dev]')")
-    try:
-        with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" in CI
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             server = pgserver.get_server(root, cleanup_mode="stop")
         server.psql("CREATE EXTENSION IF NOT EXISTS vector;")

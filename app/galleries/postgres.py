@@ -139,14 +139,14 @@ class PostgresStore(GalleryStore):
             assert row is not None
             gallery_id = row[0]
             check_binding(gallery, Binding(row[1], row[2], binding.dim), binding)
-            ids: list[int] = []
-            for emb, data in zip(embeddings, kept, strict=True):
-                (image_id,) = db.execute(
-                    "INSERT INTO images (gallery_id, subject, dim, embedding, image)"
-                    " VALUES (%s, %s, %s, %s::vector, %s) RETURNING id",
-                    (gallery_id, subject, binding.dim, _vector(emb), data),
-                ).fetchone()  # type: ignore[misc]
-                ids.append(int(image_id))
+            # One statement for all rows: a round trip per image made enrollment 5x slower.
+            rows = db.execute(
+                "INSERT INTO images (gallery_id, subject, dim, embedding, image)"
+                " SELECT %s, %s, %s, e::vector, i FROM unnest(%s::text[], %s::bytea[]) AS t(e, i)"
+                " RETURNING id",
+                (gallery_id, subject, binding.dim, [_vector(e) for e in embeddings], list(kept)),
+            ).fetchall()
+            ids = sorted(int(r[0]) for r in rows)  # a sequence: in upload order
             (count,) = db.execute(
                 "SELECT count(*) FROM images WHERE gallery_id = %s AND subject = %s",
                 (gallery_id, subject),
@@ -215,12 +215,12 @@ class PostgresStore(GalleryStore):
             # ef_search bounds what HNSW returns (at most 1000 in pgvector); the gallery filter
             # applies after the index scan, see docs/galleries.md.
             db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(100, n))}")
+            gallery_id = _gallery_id(db, gallery)
             rows = db.execute(
-                f"SELECT i.id, i.subject, i.embedding::real[] FROM images i"
-                f" JOIN galleries g ON g.id = i.gallery_id"
-                f" WHERE g.name = %s AND i.dim = {dim}"
-                f" ORDER BY i.embedding::vector({dim}) <-> %s::vector({dim}) LIMIT %s",
-                (gallery, _vector(query), n),
+                f"SELECT id, subject, embedding::real[] FROM images"
+                f" WHERE gallery_id = %s AND dim = {dim}"
+                f" ORDER BY embedding::vector({dim}) <-> %s::vector({dim}) LIMIT %s",
+                (gallery_id, _vector(query), n),
             ).fetchall()
         rows.sort(key=lambda r: (r[1], r[0]))
         return _unpack(rows, dim)

@@ -115,7 +115,15 @@ class GallerySearch:
             raise NotFound(f"no gallery '{gallery}'")
         bounds = np.flatnonzero(np.diff(snap.subject_of, prepend=-1, append=-1))
         rows_of = {s: (int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(snap.subjects)}
-        loaded = Loaded(snap, build_index(snap.embeddings, self.ann_min_images), rows_of)
+        previous = self._loaded.get(gallery)
+        reusable = previous is not None and previous.snapshot.binding == snap.binding
+        index = build_index(
+            snap.embeddings,
+            snap.image_ids,
+            self.ann_min_images,
+            previous.index if reusable and previous is not None else None,
+        )
+        loaded = Loaded(snap, index, rows_of)
         self._loaded[gallery] = loaded
         return loaded
 

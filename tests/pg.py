@@ -7,6 +7,8 @@ Tests that need it skip, saying why, where pgserver is not installed or cannot s
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -16,7 +18,10 @@ from typing import Any
 import pytest
 
 
-def start_postgres(root: Path) -> Iterator[Any]:
+def start_postgres() -> Iterator[Any]:
+    """The server, in a directory of its own: not under pytest's tmp_path, which a concurrent
+    pytest run on the same machine may prune (it keeps only the last three runs)."""
+    root = Path(tempfile.mkdtemp(prefix="imgsim-pg-"))
     # platformdirs warns "XDG_RUNTIME_DIR is not set" (containers, CI): not ours to fix.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -31,8 +36,11 @@ def start_postgres(root: Path) -> Iterator[Any]:
         server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
     except Exception as e:  # no binary for this platform, no shared memory, ...
         pytest.skip(f"pgserver could not start PostgreSQL with pgvector here: {e}")
-    yield server
-    server.cleanup()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def fresh_database(server: Any) -> str:

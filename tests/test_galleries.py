@@ -24,8 +24,8 @@ STORES = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    yield from start_postgres(tmp_path_factory.mktemp("pg"))
+def postgres() -> Iterator[object]:
+    yield from start_postgres()
 
 
 @pytest.fixture(params=STORES)
@@ -303,6 +303,12 @@ def test_the_approximate_index_finds_what_exact_search_finds(gallery_settings, d
             assert [g["subject"] for g in got] == [w["subject"] for w in want]
             for g, w in zip(got, want, strict=True):
                 assert g["distance"] == pytest.approx(w["distance"], abs=1e-6)
+        # An enrollment after the index exists: added to it (faiss) or found in the database.
+        new = enroll(ann, "digits", "late", digits["9"][2:3]).json()["image_ids"]
+        match = identify(ann, "digits", digits["9"][2]).json()["match"]
+        assert match["subject"] == "late" and match["image_id"] == new[0]
+        assert ann.delete(f"/galleries/digits/subjects/late/images/{new[0]}").status_code == 204
+        assert identify(ann, "digits", digits["9"][2]).json()["candidates"][0]["subject"] != "late"
 
 
 def test_galleries_need_the_api_key(gallery_settings, digits):

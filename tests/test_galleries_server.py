@@ -156,8 +156,8 @@ def test_two_services_share_one_sqlite_file(service, tmp_path, digits):
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    yield from start_postgres(tmp_path_factory.mktemp("pg"))
+def postgres() -> Iterator[object]:
+    yield from start_postgres()
 
 
 def test_two_services_share_one_postgresql(service, tmp_path, postgres, digits):

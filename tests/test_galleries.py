@@ -320,3 +320,19 @@ def test_galleries_need_the_api_key(gallery_settings, digits):
             headers={"X-API-Key": "k1"},
         )
         assert r.status_code == 201, r.text
+
+
+def test_an_unreachable_store_is_503_for_galleries_only(make_settings, tmp_path, digits):
+    url = f"postgresql://nobody@/imgsim?host={tmp_path}/no-server-here&connect_timeout=2"
+    with TestClient(create_app(make_settings(gallery_url=url))) as c:
+        r = identify(c, "g", digits["1"][0])
+        assert r.status_code == 503 and "galleries unavailable" in r.json()["detail"]
+        assert c.get("/galleries").status_code == 503
+        assert c.get("/readyz").status_code == 200  # the rest of the service serves
+
+
+def test_an_unknown_store_scheme_is_refused_with_its_name(make_settings):
+    from app.galleries.store import open_store
+
+    with pytest.raises(ValueError, match="'mysql'"):
+        open_store(make_settings(gallery_url="mysql://x"))

@@ -14,7 +14,9 @@ models are not comparable. docs/galleries.md has the design and the measurements
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import logging
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +34,14 @@ from app.api.uploads import (
 )
 from app.galleries.index import Candidate
 from app.galleries.search import GallerySearch
-from app.galleries.store import NAME_PATTERN, Binding, GalleryState, ModelMismatch, NotFound
+from app.galleries.store import (
+    NAME_PATTERN,
+    Binding,
+    GalleryError,
+    GalleryState,
+    NotFound,
+    StoreUnavailable,
+)
 from app.images import ACCEPTED
 from app.registry import ServedModel
 from app.schemas import (
@@ -48,6 +57,10 @@ from app.schemas import (
     errors,
 )
 from app.thresholds import resolve_threshold
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 router = APIRouter(tags=["galleries"], route_class=UploadRoute)
 
@@ -89,15 +102,21 @@ async def get_search(request: Request) -> GallerySearch:
 SearchDep = Annotated[GallerySearch, Depends(get_search)]
 
 
-def _http(error: NotFound | ModelMismatch) -> HTTPException:
-    return HTTPException(404 if isinstance(error, NotFound) else 409, detail=str(error))
+def _http(error: GalleryError) -> HTTPException:
+    if isinstance(error, NotFound):
+        return HTTPException(404, detail=str(error))
+    if isinstance(error, StoreUnavailable):
+        logger.error("%s", error)
+        return HTTPException(503, detail="gallery store unavailable; retry later",
+                             headers={"Retry-After": "5"})  # fmt: skip
+    return HTTPException(409, detail=str(error))
 
 
-async def _call(fn, *args):  # type: ignore[no-untyped-def]
-    """A blocking store call in a worker thread; its errors as 404 / 409."""
+async def _call(fn: Callable[..., T], *args: object) -> T:
+    """A blocking store call in a worker thread; its errors as 404 / 409 / 503."""
     try:
         return await asyncio.to_thread(fn, *args)
-    except (NotFound, ModelMismatch) as e:
+    except GalleryError as e:
         raise _http(e) from e
 
 
@@ -214,7 +233,12 @@ async def enroll(
     )
 
 
-@router.get("/galleries", response_model=GalleriesResponse, summary="List the galleries")
+@router.get(
+    "/galleries",
+    response_model=GalleriesResponse,
+    summary="List the galleries",
+    responses=errors(401, 403, 503),
+)
 async def list_galleries(search: SearchDep) -> GalleriesResponse:
     states = await _call(search.store.galleries)
     return GalleriesResponse(galleries=[_info(s) for s in states])
@@ -224,7 +248,7 @@ async def list_galleries(search: SearchDep) -> GalleriesResponse:
     "/galleries/{gallery}/subjects",
     response_model=SubjectsResponse,
     summary="List a gallery's subjects",
-    responses=errors(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422, 503),
 )
 async def list_subjects(gallery: GalleryName, search: SearchDep) -> SubjectsResponse:
     rows = await _call(search.store.subjects, gallery)
@@ -236,7 +260,7 @@ async def list_subjects(gallery: GalleryName, search: SearchDep) -> SubjectsResp
     status_code=204,
     response_class=Response,
     summary="Delete a gallery",
-    responses=errors(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422, 503),
 )
 async def delete_gallery(gallery: GalleryName, search: SearchDep) -> Response:
     await _call(search.store.delete_gallery, gallery)
@@ -249,7 +273,7 @@ async def delete_gallery(gallery: GalleryName, search: SearchDep) -> Response:
     status_code=204,
     response_class=Response,
     summary="Delete a subject and its images",
-    responses=errors(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422, 503),
 )
 async def delete_subject(gallery: GalleryName, subject: SubjectName, search: SearchDep) -> Response:
     await _call(search.store.delete_subject, gallery, subject)
@@ -261,7 +285,7 @@ async def delete_subject(gallery: GalleryName, subject: SubjectName, search: Sea
     status_code=204,
     response_class=Response,
     summary="Delete one enrolled image",
-    responses=errors(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422, 503),
 )
 async def delete_image(
     gallery: GalleryName, subject: SubjectName, image_id: int, search: SearchDep

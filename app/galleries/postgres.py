@@ -27,6 +27,7 @@ from app.galleries.store import (
     ModelMismatch,
     NotFound,
     Snapshot,
+    StoreUnavailable,
     check_binding,
     group_rows,
 )
@@ -81,10 +82,16 @@ class PostgresStore(GalleryStore):
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
-            conn = psycopg.connect(self.url, autocommit=True)  # transactions are explicit
+            try:
+                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as e:
+                raise StoreUnavailable(f"gallery database: {e}") from e
         try:
             with conn.transaction():
                 yield conn
+        except psycopg.OperationalError as e:  # the server went away mid-call
+            conn.close()
+            raise StoreUnavailable(f"gallery database: {e}") from e
         except BaseException:
             if conn.broken:
                 conn.close()

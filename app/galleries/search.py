@@ -43,6 +43,7 @@ class GallerySearch:
     def state(self, gallery: str) -> GalleryState:
         state = self.store.state(gallery)
         if state is None:
+            self._loaded.pop(gallery, None)  # deleted, perhaps by another process
             raise NotFound(f"no gallery '{gallery}'")
         return state
 

@@ -23,10 +23,13 @@ from app.galleries.store import (
     ModelMismatch,
     NotFound,
     Snapshot,
+    StoreUnavailable,
     check_binding,
     embedding_blob,
     group_rows,
 )
+
+BUSY_TIMEOUT_S = 10.0  # a writer waits this long for another process's write lock, then 503
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS galleries (
@@ -64,10 +67,15 @@ class SqliteStore(GalleryStore):
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: we say BEGIN ourselves; IMMEDIATE takes the write lock up front,
         # so two writers queue (busy timeout) instead of failing on a lock upgrade.
-        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
+        try:
+            with closing(
+                sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            ) as db:
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute("PRAGMA synchronous=FULL")
+                yield db
+        except sqlite3.OperationalError as e:  # locked past the timeout, disk full, unreadable
+            raise StoreUnavailable(f"gallery database: {e}") from e
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

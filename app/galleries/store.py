@@ -38,6 +38,10 @@ class ModelMismatch(GalleryError):
     """The gallery is bound to another model or version (HTTP 409)."""
 
 
+class StoreUnavailable(GalleryError):
+    """The database is unreachable or busy past its timeout (HTTP 503)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Binding:
     """The model a gallery's embeddings come from; they are only comparable within it."""

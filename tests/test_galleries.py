@@ -336,3 +336,34 @@ def test_an_unknown_store_scheme_is_refused_with_its_name(make_settings):
 
     with pytest.raises(ValueError, match="'mysql'"):
         open_store(make_settings(gallery_url="mysql://x"))
+
+
+def test_a_snapshot_is_extended_with_enrollments_and_reread_after_deletes(gallery_settings):
+    from app.galleries.store import Binding, open_store
+
+    store = open_store(gallery_settings())
+    binding = Binding("m", "v1", 4)
+    eye = np.eye(4, dtype=np.float32)
+
+    def same(a, b):
+        # The same rows, in id order, with the same subjects.
+        assert a.token == b.token and list(a.image_ids) == list(b.image_ids)
+        assert [a.subjects[c] for c in a.subject_of] == [b.subjects[c] for c in b.subject_of]
+        np.testing.assert_array_equal(a.embeddings, b.embeddings)
+
+    try:
+        store.enroll("g", "ada", binding, eye[:2], None)
+        first = store.snapshot("g")
+        store.enroll("g", "bob", binding, eye[2:3], None)
+        store.enroll("g", "ada", binding, eye[3:], None)
+        extended = store.snapshot("g", since=first)
+        same(extended, store.snapshot("g"))
+        assert len(extended.image_ids) == 4 and extended.subjects == ["ada", "bob"]
+
+        ada_first = int(first.image_ids[0])
+        store.delete_image("g", "ada", ada_first)
+        after_delete = store.snapshot("g", since=extended)  # must not keep the deleted row
+        same(after_delete, store.snapshot("g"))
+        assert ada_first not in after_delete.image_ids
+    finally:
+        store.close()

@@ -29,7 +29,7 @@ from app.galleries.store import (
     Snapshot,
     StoreUnavailable,
     check_binding,
-    group_rows,
+    make_snapshot,
 )
 
 # Any constant: every process takes it while creating the schema or an HNSW index, so two
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS galleries (
     model_version TEXT NOT NULL,
     dim INTEGER NOT NULL,
     generation BIGINT NOT NULL DEFAULT 0,
+    rewritten BIGINT NOT NULL DEFAULT 0,  -- generation of the last delete or re-embed
     subjects INTEGER NOT NULL DEFAULT 0,
     images INTEGER NOT NULL DEFAULT 0,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
@@ -194,25 +195,26 @@ class PostgresStore(GalleryStore):
             ).fetchall()
         return [(s, int(n)) for s, n in rows]
 
-    def snapshot(self, gallery: str) -> Snapshot | None:
+    def snapshot(self, gallery: str, since: Snapshot | None = None) -> Snapshot | None:
         with self._tx() as db:
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # token matches rows
             row = db.execute(
-                "SELECT id, generation, model, model_version, dim FROM galleries WHERE name = %s",
+                "SELECT id, generation, rewritten, model, model_version, dim FROM galleries"
+                " WHERE name = %s",
                 (gallery,),
             ).fetchone()
             if row is None:
                 return None
-            gallery_id, generation, model, version, dim = row
+            gallery_id, generation, rewritten, model, version, dim = row
+            binding = Binding(model, version, dim)
+            if since is not None and not since.can_extend(gallery_id, rewritten, binding):
+                since = None
             rows = db.execute(
-                "SELECT id, subject, embedding::real[] FROM images WHERE gallery_id = %s"
-                ' ORDER BY subject COLLATE "C", id',
-                (gallery_id,),
+                "SELECT id, subject, embedding::real[] FROM images"
+                " WHERE gallery_id = %s AND id > %s ORDER BY id",
+                (gallery_id, since.max_id if since is not None else 0),
             ).fetchall()
-        ids, codes, names, embs = _unpack(rows, dim)
-        return Snapshot(
-            (gallery_id, generation), Binding(model, version, dim), ids, codes, names, embs
-        )
+        return make_snapshot((gallery_id, generation), binding, _decoded(rows), since)
 
     def nearest(
         self, gallery: str, binding: Binding, query: np.ndarray, n: int
@@ -229,20 +231,19 @@ class PostgresStore(GalleryStore):
                 f" ORDER BY embedding::vector({dim}) <-> %s::vector({dim}) LIMIT %s",
                 (gallery_id, _vector(query), n),
             ).fetchall()
-        rows.sort(key=lambda r: (r[1], r[0]))
-        return _unpack(rows, dim)
+        snap = make_snapshot((0, 0), binding, _decoded(rows))
+        return snap.image_ids, snap.subject_of, snap.subjects, snap.embeddings
 
     def subject_embeddings(self, gallery: str, subject: str) -> tuple[np.ndarray, np.ndarray]:
         with self._tx() as db:
             gallery_id = _gallery_id(db, gallery)
-            (dim,) = db.execute("SELECT dim FROM galleries WHERE id = %s", (gallery_id,)).fetchone()  # type: ignore[misc]
             rows = db.execute(
-                "SELECT id, subject, embedding::real[] FROM images"
+                "SELECT id, embedding::real[] FROM images"
                 " WHERE gallery_id = %s AND subject = %s ORDER BY id",
                 (gallery_id, subject),
             ).fetchall()
-        ids, _, _, embs = _unpack(rows, dim)
-        return ids, embs
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, np.array([r[1] for r in rows], dtype=np.float32)
 
     def delete_gallery(self, gallery: str) -> None:
         with self._tx() as db:
@@ -302,7 +303,7 @@ class PostgresStore(GalleryStore):
                 )
             db.execute(
                 "UPDATE galleries SET model = %s, model_version = %s, dim = %s,"
-                " generation = generation + 1 WHERE id = %s",
+                " generation = generation + 1, rewritten = generation + 1 WHERE id = %s",
                 (binding.model, binding.model_version, binding.dim, token[0]),
             )
 
@@ -321,17 +322,12 @@ def _gallery_id(db: psycopg.Connection, gallery: str, lock: bool = False) -> int
 
 def _recount(db: psycopg.Connection, gallery_id: int) -> None:
     db.execute(
-        "UPDATE galleries SET generation = generation + 1,"
+        "UPDATE galleries SET generation = generation + 1, rewritten = generation + 1,"
         " subjects = (SELECT count(DISTINCT subject) FROM images WHERE gallery_id = %(g)s),"
         " images = (SELECT count(*) FROM images WHERE gallery_id = %(g)s) WHERE id = %(g)s",
         {"g": gallery_id},
     )
 
 
-def _unpack(rows: list[tuple], dim: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    return group_rows(
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [np.asarray(r[2], dtype=np.float32) for r in rows],
-        dim,
-    )
+def _decoded(rows: list[tuple]) -> list[tuple[int, str, np.ndarray]]:
+    return [(i, subject, np.asarray(e, dtype=np.float32)) for i, subject, e in rows]

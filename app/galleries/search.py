@@ -17,12 +17,12 @@ import numpy as np
 
 from app.galleries.index import Candidate, Index, build_index, rank_subjects, top_subjects
 from app.galleries.store import (
-    Binding,
     GalleryState,
     GalleryStore,
     ModelMismatch,
     NotFound,
     Snapshot,
+    rows_of_subjects,
 )
 
 
@@ -30,7 +30,7 @@ from app.galleries.store import (
 class Loaded:
     snapshot: Snapshot
     index: Index
-    rows_of: dict[str, tuple[int, int]]  # subject -> its contiguous rows [start, stop)
+    rows_of: dict[str, np.ndarray]  # subject -> its row numbers
 
 
 class GallerySearch:
@@ -84,15 +84,12 @@ class GallerySearch:
             codes = np.zeros(len(ids), dtype=np.int64)
         else:
             loaded = self._load(state)
-            if subject not in loaded.rows_of:
+            rows = loaded.rows_of.get(subject)
+            if rows is None:
                 return None
-            start, stop = loaded.rows_of[subject]
             snap = loaded.snapshot
-            ids, codes, embs = (
-                snap.image_ids[start:stop],
-                np.zeros(stop - start, np.int64),
-                (snap.embeddings[start:stop]),
-            )
+            ids, embs = snap.image_ids[rows], snap.embeddings[rows]
+            codes = np.zeros(len(rows), dtype=np.int64)
         if len(ids) == 0:
             return None
         return rank_subjects(np.arange(len(ids)), query, embs, ids, codes, [subject])[0]
@@ -110,13 +107,11 @@ class GallerySearch:
         return loaded
 
     def _build(self, gallery: str) -> Loaded:
-        snap = self.store.snapshot(gallery)
+        previous = self._loaded.get(gallery)
+        snap = self.store.snapshot(gallery, previous.snapshot if previous is not None else None)
         if snap is None:
             self._loaded.pop(gallery, None)
             raise NotFound(f"no gallery '{gallery}'")
-        bounds = np.flatnonzero(np.diff(snap.subject_of, prepend=-1, append=-1))
-        rows_of = {s: (int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(snap.subjects)}
-        previous = self._loaded.get(gallery)
         reusable = previous is not None and previous.snapshot.binding == snap.binding
         index = build_index(
             snap.embeddings,
@@ -124,12 +119,9 @@ class GallerySearch:
             self.ann_min_images,
             previous.index if reusable and previous is not None else None,
         )
-        loaded = Loaded(snap, index, rows_of)
+        loaded = Loaded(snap, index, rows_of_subjects(snap))
         self._loaded[gallery] = loaded
         return loaded
 
     def forget(self, gallery: str) -> None:
         self._loaded.pop(gallery, None)
-
-
-__all__ = ["Binding", "Candidate", "GallerySearch"]

@@ -26,7 +26,7 @@ from app.galleries.store import (
     StoreUnavailable,
     check_binding,
     embedding_blob,
-    group_rows,
+    make_snapshot,
 )
 
 BUSY_TIMEOUT_S = 10.0  # a writer waits this long for another process's write lock, then 503
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS galleries (
     model_version TEXT NOT NULL,
     dim INTEGER NOT NULL,
     generation INTEGER NOT NULL DEFAULT 0,
+    rewritten INTEGER NOT NULL DEFAULT 0,  -- generation of the last delete or re-embed
     subjects INTEGER NOT NULL DEFAULT 0,  -- kept up to date by each write, so that reading a
     images INTEGER NOT NULL DEFAULT 0,  -- gallery's state per request costs no count(*)
     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
@@ -160,40 +161,40 @@ class SqliteStore(GalleryStore):
             ).fetchall()
         return [(s, int(n)) for s, n in rows]
 
-    def snapshot(self, gallery: str) -> Snapshot | None:
+    def snapshot(self, gallery: str, since: Snapshot | None = None) -> Snapshot | None:
         # One read transaction, so the token matches the rows.
         with self._connect() as db:
             db.execute("BEGIN")
             row = db.execute(
-                "SELECT id, generation, model, model_version, dim FROM galleries WHERE name = ?",
+                "SELECT id, generation, rewritten, model, model_version, dim FROM galleries"
+                " WHERE name = ?",
                 (gallery,),
             ).fetchone()
             if row is None:
                 db.execute("COMMIT")
                 return None
-            gallery_id, generation, model, version, dim = row
+            gallery_id, generation, rewritten, model, version, dim = row
+            binding = Binding(model, version, dim)
+            if since is not None and not since.can_extend(gallery_id, rewritten, binding):
+                since = None
             rows = db.execute(
-                "SELECT id, subject, embedding FROM images WHERE gallery_id = ?"
-                " ORDER BY subject, id",
-                (gallery_id,),
+                "SELECT id, subject, embedding FROM images WHERE gallery_id = ? AND id > ?"
+                " ORDER BY id",
+                (gallery_id, since.max_id if since is not None else 0),
             ).fetchall()
             db.execute("COMMIT")
-        ids, codes, names, embs = _unpack(rows, dim)
-        return Snapshot(
-            (gallery_id, generation), Binding(model, version, dim), ids, codes, names, embs
-        )
+        return make_snapshot((gallery_id, generation), binding, _decoded(rows), since)
 
     def subject_embeddings(self, gallery: str, subject: str) -> tuple[np.ndarray, np.ndarray]:
         with self._connect() as db:
             gallery_id = _gallery_id(db, gallery)
-            (dim,) = db.execute("SELECT dim FROM galleries WHERE id = ?", (gallery_id,)).fetchone()
             rows = db.execute(
                 "SELECT id, subject, embedding FROM images WHERE gallery_id = ? AND subject = ?"
                 " ORDER BY id",
                 (gallery_id, subject),
             ).fetchall()
-        ids, _, _, embs = _unpack(rows, dim)
-        return ids, embs
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, np.array([e for _, _, e in _decoded(rows)], dtype=np.float32)
 
     def delete_gallery(self, gallery: str) -> None:
         with self._write() as db:
@@ -252,7 +253,7 @@ class SqliteStore(GalleryStore):
             )
             db.execute(
                 "UPDATE galleries SET model = ?, model_version = ?, dim = ?,"
-                " generation = generation + 1 WHERE id = ?",
+                " generation = generation + 1, rewritten = generation + 1 WHERE id = ?",
                 (binding.model, binding.model_version, binding.dim, token[0]),
             )
 
@@ -267,17 +268,12 @@ def _gallery_id(db: sqlite3.Connection, gallery: str) -> int:
 def _recount(db: sqlite3.Connection, gallery_id: int) -> None:
     """After a write: the new generation and sizes (the index makes the counts cheap)."""
     db.execute(
-        "UPDATE galleries SET generation = generation + 1,"
+        "UPDATE galleries SET generation = generation + 1, rewritten = generation + 1,"
         " subjects = (SELECT count(DISTINCT subject) FROM images WHERE gallery_id = ?1),"
         " images = (SELECT count(*) FROM images WHERE gallery_id = ?1) WHERE id = ?1",
         (gallery_id,),
     )
 
 
-def _unpack(rows: list[tuple], dim: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    return group_rows(
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [np.frombuffer(r[2], dtype="<f4") for r in rows],
-        dim,
-    )
+def _decoded(rows: list[tuple]) -> list[tuple[int, str, np.ndarray]]:
+    return [(i, subject, np.frombuffer(blob, dtype="<f4")) for i, subject, blob in rows]

@@ -62,14 +62,26 @@ class GalleryState:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A gallery's embeddings, grouped by subject (rows of one subject are contiguous)."""
+    """A gallery's embeddings, in the order of their image ids."""
 
     token: tuple[int, int]
     binding: Binding
-    image_ids: np.ndarray  # (N,) int64
+    image_ids: np.ndarray  # (N,) int64, ascending
     subject_of: np.ndarray  # (N,) int64, index into subjects
     subjects: list[str]
     embeddings: np.ndarray  # (N, D) float32
+
+    @property
+    def max_id(self) -> int:
+        return int(self.image_ids[-1]) if len(self.image_ids) else 0
+
+    def can_extend(self, gallery_id: int, rewritten: int, binding: Binding) -> bool:
+        """Whether this snapshot plus the rows with larger ids is the gallery now: true when
+        nothing but enrollments happened since it was read (ids only grow, and writes to one
+        gallery commit in id order: SQLite has one writer, PostgreSQL locks the gallery row)."""
+        return (
+            self.token[0] == gallery_id and self.token[1] >= rewritten and self.binding == binding
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +110,43 @@ def embedding_blob(embeddings: np.ndarray) -> list[bytes]:
     return [np.ascontiguousarray(row, dtype="<f4").tobytes() for row in embeddings]
 
 
-def group_rows(
-    image_ids: Sequence[int], subjects: Sequence[str], rows: Sequence[np.ndarray], dim: int
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    """Rows sorted by (subject, id) -> the Snapshot arrays."""
-    names: list[str] = []
-    codes = np.empty(len(subjects), dtype=np.int64)
-    for i, s in enumerate(subjects):
-        if not names or names[-1] != s:
-            names.append(s)
-        codes[i] = len(names) - 1
-    embs = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    return np.asarray(image_ids, dtype=np.int64), codes, names, embs
+def make_snapshot(
+    token: tuple[int, int],
+    binding: Binding,
+    rows: Sequence[tuple[int, str, np.ndarray]],
+    since: Snapshot | None = None,
+) -> Snapshot:
+    """(id, subject, embedding) rows in id order -> a Snapshot; appended to ``since`` if given.
+    Appending costs the new rows plus one copy of the arrays, where a full re-read of a
+    million rows from SQLite took 50 s (docs/galleries.md)."""
+    names = list(since.subjects) if since is not None else []
+    code = {s: i for i, s in enumerate(names)}
+    codes = np.empty(len(rows), dtype=np.int64)
+    for i, (_, subject, _) in enumerate(rows):
+        c = code.get(subject)
+        if c is None:
+            c = code[subject] = len(names)
+            names.append(subject)
+        codes[i] = c
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    embs = np.stack([r[2] for r in rows]).astype(np.float32) if rows else None
+    if since is not None:
+        ids = np.concatenate([since.image_ids, ids])
+        codes = np.concatenate([since.subject_of, codes])
+        embs = since.embeddings if embs is None else np.concatenate([since.embeddings, embs])
+    if embs is None:
+        embs = np.zeros((0, binding.dim), np.float32)
+    return Snapshot(token, binding, ids, codes, names, embs)
+
+
+def rows_of_subjects(snapshot: Snapshot) -> dict[str, np.ndarray]:
+    """subject -> its row numbers in the snapshot."""
+    order = np.argsort(snapshot.subject_of, kind="stable")
+    bounds = np.flatnonzero(np.diff(snapshot.subject_of[order], prepend=-1, append=-1))
+    return {
+        snapshot.subjects[int(snapshot.subject_of[order[a]])]: order[a:b]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    }
 
 
 class GalleryStore(ABC):
@@ -144,7 +181,10 @@ class GalleryStore(ABC):
         """(subject, images) by name; NotFound if there is no such gallery."""
 
     @abstractmethod
-    def snapshot(self, gallery: str) -> Snapshot | None: ...
+    def snapshot(self, gallery: str, since: Snapshot | None = None) -> Snapshot | None:
+        """Every embedding of the gallery (None if there is no such gallery). With ``since``,
+        a snapshot of the same gallery read earlier, only newer rows are read when no delete or
+        re-embed happened in between."""
 
     @abstractmethod
     def subject_embeddings(self, gallery: str, subject: str) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.artifact import Calibration, InputSpec
 from app.precision import Precision
+from app.thresholds import ThresholdSource
 
 _VERSION = "3f2a9c1b7d4e"
 
@@ -201,9 +202,6 @@ class MatrixResponse(ModelAnswer):
             ]
         }
     )
-
-
-ThresholdSource = Literal["model", "request", "far", "profile"]
 
 
 class EnrollResponse(ModelAnswer):

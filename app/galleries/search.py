@@ -1,7 +1,8 @@
 """A process's view of the galleries: the store plus each gallery's in-memory index.
 
     search = GallerySearch(store, ann_min_images=50_000)
-    state, candidates = search.identify("staff", expected, q, top_k=5)
+    state = search.state("staff")                       # NotFound if there is no such gallery
+    candidates, kind = search.identify(state, q, top_k=5)
 
 Each call reads the gallery's change token from the store (one indexed row) and rebuilds the
 index only when it moved: every worker and replica answers from what is committed, without

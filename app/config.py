@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     # State the service writes (threshold profiles, galleries); a volume in containers.
     data_dir: Path = Path("data")
 
+    # Galleries (docs/galleries.md): "" = SQLite at data_dir/galleries.db; or
+    # "postgresql://user:pass@host/db" (pgvector), which replicas can share.
+    gallery_url: str = ""
+    # A gallery of this many images or more is searched approximately (faiss HNSW in memory,
+    # pgvector HNSW in PostgreSQL), then re-ranked exactly; below it, one exact matrix product.
+    gallery_ann_min_images: int = Field(50_000, gt=0)
+
     # Request limits
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # per image part
     max_image_pixels: int = Field(40_000_000, gt=0)  # width*height, read from the header

@@ -28,6 +28,7 @@ from app.api import (
     docs,
     drift,
     embed,
+    galleries,
     health,
     metrics,
     models,
@@ -43,6 +44,8 @@ from app.cache import EmbeddingCache
 from app.config import Settings
 from app.drift import DriftMonitor
 from app.embedding import Embedder
+from app.galleries.search import GallerySearch
+from app.galleries.store import open_store
 from app.images import OverBudget
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
@@ -72,6 +75,7 @@ far from what the model was trained on (colour vs greyscale, shape, size).
 * `POST /calibrate`: measure a model on your own labelled pairs, save a threshold profile
 * `GET /`: a web page to try it all in a browser
 * `GET /models/{model}/drift`: how far the served images are from the model's validation images
+* `/galleries`: enroll reference images once, then verify against a subject or identify 1:N
 """
 
 
@@ -103,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         for served in list(registry.models.values()):
             await _start_and_warm_up(served, registry, settings, app_metrics)
+        await _open_galleries(state, settings)
         state.phase = "ready"
         logger.info(
             "ready: serving %s (default %s); refused %s",
@@ -116,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if served.batcher is not None:
                     await served.batcher.stop()
             state.embedder.close()
+            if getattr(state, "galleries", None) is not None:
+                state.galleries.store.close()
             logger.info("stopped")
 
     app = FastAPI(
@@ -147,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         web.api_router,
     ):
         app.include_router(router, dependencies=protected)
+    app.include_router(galleries.router, dependencies=protected)
     web.mount(app)  # the page and its static files: open, they hold no data
 
     _add_error_handlers(app)
@@ -209,6 +217,19 @@ async def _start_and_warm_up(
         return
     if settings.drift_window_images:  # attached after warm-up: its blank images are not traffic
         _monitor_drift(served, batcher, settings.drift_window_images, metrics)
+
+
+async def _open_galleries(state: object, settings: Settings) -> None:
+    # A store that cannot open (PostgreSQL down, a bad URL) costs the gallery routes only
+    # (503 with the reason); /similarity and the rest still serve.
+    try:
+        store = await asyncio.to_thread(open_store, settings)
+    except Exception as e:
+        logger.error("galleries unavailable: %s", e)
+        state.galleries_error = f"the gallery store did not open ({type(e).__name__})"  # type: ignore[attr-defined]
+        return
+    state.galleries = GallerySearch(store, settings.gallery_ann_min_images)  # type: ignore[attr-defined]
+    logger.info("galleries in %s", type(store).__name__)
 
 
 def _monitor_drift(

@@ -134,12 +134,7 @@ class UploadRoute(APIRoute):
         return capped_handler
 
 
-TEXT_FIELDS = (
-    "model",
-    "threshold",
-    "far",
-    "profile",
-)  # the optional text fields of the image endpoints
+TEXT_FIELDS = ("model", "threshold", "far", "profile", "subject", "top_k", "keep_images")
 
 
 def _reject_empty_fields(form: FormData) -> None:

@@ -23,7 +23,27 @@ from app.healthcheck import healthz_url
     ],
 )
 def test_url_follows_host_and_port(host, url):
-    assert healthz_url(Settings(host=host, port=9000)) == url
+    assert healthz_url({"IMGSIM_HOST": host, "IMGSIM_PORT": "9000"}) == url
+
+
+def test_defaults_are_the_server_s(monkeypatch):
+    """The check reads the environment itself (importing app.config would import torch)."""
+    for name in ("IMGSIM_HOST", "IMGSIM_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert healthz_url({}) == f"http://{settings.host}:{settings.port}/healthz"
+
+
+def test_imports_neither_torch_nor_pydantic():
+    code = "import sys, app.healthcheck; print(sorted({'torch', 'pydantic'} & set(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 def _check(port: int) -> subprocess.CompletedProcess:

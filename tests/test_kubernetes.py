@@ -10,6 +10,7 @@ through tests/test_container.py's parser, so moving the port or the user there f
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,9 @@ def test_probes_ask_readyz_and_healthz_on_the_served_port(
     # liveness probe, waits for it, for as long as the image's own start period at least.
     startup = api["startupProbe"]
     assert startup["httpGet"]["path"] == "/healthz"
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    healthcheck = dockerfile.effective(runtime, "HEALTHCHECK").args
+    start_period_s = int(re.search(r"--start-period=(\d+)s", healthcheck).group(1))
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= start_period_s
 
 
 def test_pods_run_locked_down_as_the_image_s_user(

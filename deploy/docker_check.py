@@ -313,6 +313,8 @@ def run(args: argparse.Namespace, check: Check) -> None:
         verify_examples(base)
         uid = check_hardening(check, cid)
         log(f"server uid {uid}, no capabilities, read-only root, state volume writable")
+        memory = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", cid)
+        log(f"memory after the examples (both models loaded): {memory}")
     with check.step("CPU quota"):
         cores, quota = in_container_cores(check, cid)
         cores_1cpu, quota_1cpu = in_container_cores(check, cid_1cpu)

@@ -151,6 +151,10 @@ class Check:
 
     def build(self, target: str, tag: str, build_args: dict[str, str]) -> None:
         args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
+        # BuildKit where its buildx plugin is installed; the classic builder (all Debian's
+        # docker.io has) reads the same Dockerfile.
+        buildx = subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False)
+        buildkit = os.environ.get("DOCKER_BUILDKIT", "1" if buildx.returncode == 0 else "0")
         out = self.scratch / f"build-{target}.log"
         with out.open("w") as f:
             proc = subprocess.run(
@@ -159,7 +163,7 @@ class Check:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 timeout=BUILD_TIMEOUT_S,
-                env={**os.environ, "DOCKER_BUILDKIT": os.environ.get("DOCKER_BUILDKIT", "0")},
+                env={**os.environ, "DOCKER_BUILDKIT": buildkit},
                 check=False,
             )
         if proc.returncode != 0:

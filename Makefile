@@ -8,7 +8,7 @@ PORT ?= 8000
 # torch is pinned to the release that ships for this machine; pip's CPU wheel index is used in Docker.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve test lint format train-mnist train-cifar10 train-seeds evaluate bench bench-galleries soak clean
+.PHONY: serve test lint format train-mnist train-cifar10 train-seeds evaluate bench bench-galleries soak docker-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-galleries: $(VENV)/.installed-dev  ## gallery search at 10k/100k/1M: exact
 
 soak: $(VENV)/.installed-dev  ## 20,000 mixed valid/hostile requests against a real uvicorn
 	$(BIN)/python -m benchmarks.soak --data-dir $(DATA_DIR)
+
+# Builds both images and runs them for real: health, /verify, non-root, --cpus 1, a tiny training
+# run served by the runtime image (deploy/docker_check.py; times and sizes in docs/deployment.md).
+docker-check: $(VENV)/.installed-dev  ## needs Docker (or ../shared/tools/docker-local.sh)
+	$(BIN)/python deploy/docker_check.py $(DOCKER_CHECK_FLAGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

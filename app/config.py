@@ -9,7 +9,9 @@ instead of touching the environment.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,11 +25,94 @@ from app.precision import PrecisionSetting
 SPLIT_MIN_MFLOPS = 100.0
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (a cpuset-limited container sees its own), not the host's."""
+def usable_cores(root: Path = Path("/")) -> int:
+    """Cores this process may keep busy: its CPU affinity (a cpuset-limited container sees its
+    own), capped by its cgroup's CPU quota (`docker run --cpus`, a Kubernetes CPU limit), whose
+    CPUs the host's core count knows nothing about. ``root`` is where /proc and /sys are found
+    (tests pass a fake tree)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root)
+    if quota is None:
+        return cores
+    # Rounded down: a worker beyond the quota does not add CPU time, it makes the kernel throttle
+    # the whole process for the rest of each 100 ms period (latency spikes at 1.5 CPUs, 2 workers).
+    return max(1, min(cores, math.floor(quota)))
+
+
+def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
+    """CPUs per period this process's cgroups allow (the tightest of its cgroup and their
+    parents), from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``;
+    None when no quota is set or the files cannot be read."""
+    try:
+        memberships = (root / "proc/self/cgroup").read_text().splitlines()
+        mountinfo = (root / "proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    # /proc/self/cgroup: "0::/path" (v2) or "4:cpu,cpuacct:/path" (v1), one line per hierarchy.
+    v2_path: str | None = None
+    v1_paths: dict[str, str] = {}
+    for line in memberships:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            v2_path = path
+        for controller in controllers.split(","):
+            v1_paths[controller] = path
+    quotas = []
+    for line in mountinfo:
+        # "36 25 0:30 /docker/abc /sys/fs/cgroup/cpu ro,nosuid - cgroup cgroup rw,cpu,cpuacct"
+        fields, _, fs = line.partition(" - ")
+        fields_list, fs_list = fields.split(), fs.split()
+        if len(fields_list) < 5 or len(fs_list) < 3:
+            continue
+        mount_root, mount_point = fields_list[3], fields_list[4]
+        if fs_list[0] == "cgroup2" and v2_path is not None:
+            quotas.append(_walk_quota(root, mount_root, mount_point, v2_path, _read_cpu_max))
+        elif fs_list[0] == "cgroup" and "cpu" in fs_list[2].split(",") and "cpu" in v1_paths:
+            quotas.append(_walk_quota(root, mount_root, mount_point, v1_paths["cpu"], _read_cfs))
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _walk_quota(
+    root: Path, mount_root: str, mount_point: str, cgroup: str, read: Callable[[Path], float | None]
+) -> float | None:
+    """The tightest quota from the process's cgroup directory up to the mount point. Inside a
+    container the mount's root is the container's own cgroup (mountinfo's 4th field), so the
+    path in /proc/self/cgroup is taken relative to it."""
+    rel = os.path.relpath(cgroup, mount_root)
+    top = root / mount_point.lstrip("/")
+    directory = top if rel == "." or rel.startswith("..") else top / rel
+    if not directory.is_dir():  # another cgroup namespace's view: the mount is all we can see
+        directory = top
+    found = []
+    while True:
+        quota = read(directory)
+        if quota is not None:
+            found.append(quota)
+        if directory == top or top not in directory.parents:
+            break
+        directory = directory.parent
+    return min(found) if found else None
+
+
+def _read_cpu_max(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]  # "max 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_cfs(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())  # -1: no quota
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
 class Settings(BaseSettings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from app.config import Settings
 
 
 def test_defaults(monkeypatch):
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("IMGSIM_"):
             monkeypatch.delenv(name)
     s = Settings()
@@ -73,3 +74,102 @@ def test_inference_precision_is_one_of_three():
     assert Settings(inference_precision="bfloat16").inference_precision == "bfloat16"
     with pytest.raises(ValidationError):
         Settings(inference_precision="float16")
+
+
+# --- usable_cores: the container's CPU quota, read from fake /proc and /sys trees -------------
+
+
+def _fake_cgroups(root: Path, cgroup: str, mounts: list[str], files: dict[str, str]) -> Path:
+    """A /proc/self/{cgroup,mountinfo} and cgroup files under `root`, as a container sees them."""
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(cgroup)
+    (root / "proc/self/mountinfo").write_text(
+        "".join(f"{30 + n} 23 0:{40 + n} {m}\n" for n, m in enumerate(mounts))
+    )
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+V2_MOUNT = "/ /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw"
+V1_CPU_MOUNT = "/docker/abc /sys/fs/cgroup/cpu,cpuacct ro,nosuid - cgroup cgroup rw,cpu,cpuacct"
+V1_CGROUP = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/docker/abc\n"
+
+
+@pytest.mark.parametrize(
+    "cpu_max,expected", [("100000 100000\n", 1.0), ("150000 100000\n", 1.5), ("max 100000\n", None)]
+)
+def test_cgroup_v2_cpu_max(tmp_path, cpu_max, expected):
+    from app.config import cgroup_cpu_quota
+
+    root = _fake_cgroups(tmp_path, "0::/\n", [V2_MOUNT], {"sys/fs/cgroup/cpu.max": cpu_max})
+    assert cgroup_cpu_quota(root) == expected
+
+
+def test_cgroup_v2_the_tightest_of_the_cgroup_and_its_parents(tmp_path):
+    """Without a cgroup namespace the process sits deep in the host's tree; a parent's quota
+    (a Kubernetes pod's, around its container's) limits it too."""
+    from app.config import cgroup_cpu_quota
+
+    pod = "sys/fs/cgroup/kubepods.slice/pod1"
+    root = _fake_cgroups(
+        tmp_path,
+        "0::/kubepods.slice/pod1/ctr\n",
+        [V2_MOUNT],
+        {
+            "sys/fs/cgroup/cpu.max": "max 100000\n",
+            f"{pod}/cpu.max": "50000 100000\n",
+            f"{pod}/ctr/cpu.max": "200000 100000\n",
+        },
+    )
+    assert cgroup_cpu_quota(root) == 0.5
+
+
+@pytest.mark.parametrize("quota_us,expected", [("200000", 2.0), ("50000", 0.5), ("-1", None)])
+def test_cgroup_v1_cfs_quota_inside_a_container(tmp_path, quota_us, expected):
+    """cgroup v1 (this machine's Docker): the container's cgroup is the mount's root, so the
+    /docker/abc of /proc/self/cgroup is the mount point itself, not a folder below it."""
+    from app.config import cgroup_cpu_quota
+
+    cpu = "sys/fs/cgroup/cpu,cpuacct"
+    root = _fake_cgroups(
+        tmp_path,
+        V1_CGROUP,
+        [V1_CPU_MOUNT],
+        {f"{cpu}/cpu.cfs_quota_us": f"{quota_us}\n", f"{cpu}/cpu.cfs_period_us": "100000\n"},
+    )
+    assert cgroup_cpu_quota(root) == expected
+
+
+def test_no_cgroup_files_means_no_quota(tmp_path):
+    from app.config import cgroup_cpu_quota, usable_cores
+
+    assert cgroup_cpu_quota(tmp_path) is None  # no /proc at all (not Linux)
+    root = _fake_cgroups(tmp_path / "bare", "0::/\n", [V2_MOUNT], {})  # cpu controller not enabled
+    assert cgroup_cpu_quota(root) is None
+    assert usable_cores(root) == usable_cores(tmp_path) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("cpu_max,cores", [("100000 100000", 1), ("150000 100000", 1)])
+def test_usable_cores_follow_the_quota_rounded_down(tmp_path, cpu_max, cores):
+    from app.config import usable_cores
+
+    root = _fake_cgroups(tmp_path, "0::/\n", [V2_MOUNT], {"sys/fs/cgroup/cpu.max": cpu_max})
+    assert usable_cores(root) == cores
+
+
+def test_usable_cores_a_quota_above_the_affinity_changes_nothing(tmp_path):
+    from app.config import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    quota = f"{(affinity + 8) * 100000} 100000"
+    root = _fake_cgroups(tmp_path, "0::/\n", [V2_MOUNT], {"sys/fs/cgroup/cpu.max": quota})
+    assert usable_cores(root) == affinity
+
+
+def test_usable_cores_a_quota_under_one_cpu_still_leaves_one(tmp_path):
+    from app.config import usable_cores
+
+    root = _fake_cgroups(tmp_path, "0::/\n", [V2_MOUNT], {"sys/fs/cgroup/cpu.max": "20000 100000"})
+    assert usable_cores(root) == 1

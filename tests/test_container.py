@@ -3,7 +3,10 @@
     .venv/bin/pytest tests/test_container.py -q
 
 Every test reads the real files, so editing one of them (a renamed stage, a moved port, a COPY of
-a path that .dockerignore drops) fails here rather than at `docker build` or in production.
+a path that .dockerignore drops) fails here rather than at `docker build` or in production. The
+images themselves are built and run by `make docker-check` (deploy/docker_check.py); Compose v2
+is not on the development machine, so the compose file is checked here and its containers are
+started with the same options through `docker run` there.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from app.config import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -32,8 +37,13 @@ COMPOSE = ROOT / "docker-compose.yml"
 
 # What the serving image may be built from; training code, tests and data stay out of it.
 SERVING_SOURCES = {"app", "pyproject.toml", "README.md", "model_store"}
+# The only build arguments: a user's build and this project's own differ in these and nothing else.
+BUILD_ARGS = {
+    "PYTHON_IMAGE": "python:3.11-slim",
+    "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+}
+SHIPPED_MODELS = {p.parent.name for p in (ROOT / "model_store").glob("*/model.json")}
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW", re.IGNORECASE)
-HEALTHZ_URL = re.compile(r"https?://[^/:'\"\s]+:(\d+)/healthz\b")
 
 
 # --- Dockerfile -----------------------------------------------------------------------------
@@ -254,10 +264,11 @@ def mounts(service: dict[str, Any]) -> list[Mount]:
     out = []
     for v in service.get("volumes", []):
         if isinstance(v, str):
-            source, target, *mode = v.split(":")
+            source, target, *mode = default_of(v).split(":")
             out.append(Mount(source, target, "ro" in ",".join(mode).split(",")))
         else:
-            out.append(Mount(v["source"], v["target"], bool(v.get("read_only", False))))
+            source = default_of(str(v["source"]))
+            out.append(Mount(source, v["target"], bool(v.get("read_only", False))))
     return out
 
 
@@ -279,12 +290,13 @@ def container_ports(service: dict[str, Any]) -> set[int]:
         if isinstance(p, dict):
             ports.add(int(p["target"]))
         else:
-            ports.add(int(str(p).split(":")[-1].split("/")[0]))
+            ports.add(int(default_of(str(p)).split(":")[-1].split("/")[0]))
     return ports
 
 
 def as_command(value: str | list[str]) -> list[str]:
-    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+    argv = shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+    return [default_of(a) for a in argv]
 
 
 def module_file(module: str) -> Path | None:
@@ -434,6 +446,21 @@ def test_training_image_has_training_and_app(dockerfile: Dockerfile, training_st
     assert "tests" not in sources
 
 
+def serving_address(dockerfile: Dockerfile, serving: Stage) -> tuple[str, int]:
+    """Host and port `python -m app` listens on in the image: CMD flags, else IMGSIM_* ENV."""
+    argv = exec_form(dockerfile.effective(serving, "CMD").args)
+    env = dockerfile.env(serving)
+    host = flag_value(argv, "--host") if "--host" in argv else env.get("IMGSIM_HOST", "127.0.0.1")
+    port = flag_value(argv, "--port") if "--port" in argv else env.get("IMGSIM_PORT", "8000")
+    return host, int(port)
+
+
+def healthcheck_argv(args: str) -> list[str]:
+    """`--interval=30s ... CMD ["python", ...]` -> the command."""
+    _, _, command = args.partition("CMD")
+    return exec_form(command)
+
+
 def test_serving_cmd_module_exists(dockerfile: Dockerfile, serving: Stage) -> None:
     cmd = dockerfile.effective(serving, "CMD")
     assert cmd is not None, "serving stage has no CMD"
@@ -441,16 +468,75 @@ def test_serving_cmd_module_exists(dockerfile: Dockerfile, serving: Stage) -> No
     assert cmd.args.lstrip().startswith("["), "CMD in shell form: signals would not reach python"
     module = run_module(argv)
     assert module_file(module), f"CMD runs `python -m {module}` but {module} is not in the repo"
-    assert flag_value(argv, "--host") == "0.0.0.0", "the service must listen outside the container"
+    host, _ = serving_address(dockerfile, serving)
+    assert host == "0.0.0.0", "the service must listen outside the container"
 
 
-def test_healthcheck_gets_healthz_with_python(dockerfile: Dockerfile, serving: Stage) -> None:
+def test_healthcheck_follows_the_port_the_server_reads(
+    dockerfile: Dockerfile, serving: Stage
+) -> None:
+    """The server and its check both read IMGSIM_PORT (tests/test_healthcheck.py runs the check
+    against a real server), so `-e IMGSIM_PORT=9000` moves both; a port in either CMD would not."""
     hc = dockerfile.effective(serving, "HEALTHCHECK")
     assert hc is not None, "serving stage has no HEALTHCHECK"
-    _, _, command = hc.args.partition("CMD")
-    text = " ".join(exec_form(command))
-    assert HEALTHZ_URL.search(text), f"HEALTHCHECK does not request /healthz: {text}"
-    assert "urllib" in text and not re.search(r"\b(curl|wget)\b", text), "slim has no curl/wget"
+    argv = healthcheck_argv(hc.args)
+    assert run_module(argv) == "app.healthcheck" and module_file("app.healthcheck"), argv
+    cmd = exec_form(dockerfile.effective(serving, "CMD").args)
+    assert "--port" not in cmd and "--host" not in cmd, "CMD flags would override IMGSIM_*"
+    assert "IMGSIM_PORT" in dockerfile.env(serving)
+    assert not re.search(r"\b(curl|wget)\b", hc.args), "slim has no curl/wget"
+
+
+def test_build_args_are_the_base_image_and_the_torch_index(dockerfile: Dockerfile) -> None:
+    text = DOCKERFILE.read_text()
+    args = {
+        m.group(1): m.group(2) or ""
+        for m in re.finditer(r"^ARG\s+(\w+)(?:=(\S*))?", text, flags=re.MULTILINE)
+    }
+    assert args == BUILD_ARGS, f"build arguments {args}; expected {BUILD_ARGS}"
+    assert {s.base for s in dockerfile.stages if not dockerfile.has_stage(s.base)} == {
+        "${PYTHON_IMAGE}"
+    }, "every stage must derive from the PYTHON_IMAGE base"
+    torch_runs = [
+        i.args for s in dockerfile.stages for i in s.all("RUN") if re.search(r"\btorch==", i.args)
+    ]
+    assert torch_runs, "no RUN installs torch"
+    for run in torch_runs:
+        assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in run, run
+
+
+@pytest.mark.parametrize(
+    "index,expected",
+    [
+        (
+            "https://download.pytorch.org/whl/cpu",
+            ["--index-url", "https://download.pytorch.org/whl/cpu"],
+        ),
+        ("", []),  # pip's default index: no --index-url at all, not an empty one
+    ],
+)
+def test_torch_index_url_expands_in_the_shell(dockerfile: Dockerfile, index, expected) -> None:
+    """The pip arguments of each torch RUN line as /bin/sh reads them, the build argument set
+    and empty."""
+    checked = 0
+    for stage in dockerfile.stages:
+        for ins in stage.all("RUN"):
+            if "torch==" not in ins.args:
+                continue
+            pip_args = ins.args[ins.args.rindex("pip install") + len("pip install") :]
+            proc = subprocess.run(
+                ["sh", "-c", f"printf '%s\\n' {pip_args}"],
+                env={"TORCH_INDEX_URL": index, "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            argv = proc.stdout.split()
+            at = argv.index("--index-url") if "--index-url" in argv else len(argv)
+            assert argv[at : at + 2] == expected, argv
+            assert "torch==2.14.1" in argv and "" not in proc.stdout.split("\n")[:-1], argv
+            checked += 1
+    assert checked == 2, "expected the torch and train stages to install torch"
 
 
 def test_images_run_as_non_root(dockerfile: Dockerfile, serving: Stage, training_stage: Stage):
@@ -573,18 +659,15 @@ def test_compose_ports_match_expose_cmd_and_healthchecks(
     exposed = {int(p.split("/")[0]) for p in expose.args.split()}
     api = services["api"]
     assert container_ports(api) == exposed, f"compose {api.get('ports')} vs EXPOSE {exposed}"
+    assert {serving_address(dockerfile, serving)[1]} == exposed
+    port = environment(api).get("IMGSIM_PORT")
+    assert port is None or {int(port)} == exposed, f"api: IMGSIM_PORT={port} vs EXPOSE {exposed}"
 
-    cmd = exec_form(dockerfile.effective(serving, "CMD").args)
-    assert {int(flag_value(cmd, "--port"))} == exposed
-
-    checks = [dockerfile.effective(serving, "HEALTHCHECK").args]
-    if "healthcheck" in api:
-        test = api["healthcheck"]["test"]
-        checks.append(" ".join(test) if isinstance(test, list) else test)
-    for check in checks:
-        url = HEALTHZ_URL.search(check)
-        assert url, f"healthcheck does not request /healthz: {check}"
-        assert {int(url.group(1))} == exposed, f"healthcheck port {url.group(1)} vs {exposed}"
+    if "healthcheck" in api:  # an override must run the same check, which follows IMGSIM_PORT
+        test = api["healthcheck"].get("test", [])
+        argv = test[1:] if isinstance(test, list) else shlex.split(test)
+        assert api["healthcheck"].get("disable") is not True, "api: health check disabled"
+        assert run_module(argv) == "app.healthcheck", f"api: healthcheck {test}"
 
 
 def test_train_command_module_exists(services: dict[str, dict[str, Any]]) -> None:
@@ -613,9 +696,100 @@ def test_train_reads_a_read_only_mount_and_writes_a_writable_one(
     assert user is None or not is_root(default_of(str(user))), f"train: user {user} is root"
 
 
-def test_api_keeps_its_state_on_a_writable_volume(services: dict[str, dict[str, Any]]) -> None:
+def named_volumes(service: dict[str, Any]) -> dict[str, str]:
+    """Named volume -> mount target."""
+    return {m.source: m.target for m in mounts(service) if not m.is_bind}
+
+
+def test_build_args_in_compose_default_to_the_dockerfile_s(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        if "build" in service:
+            args = {k: default_of(str(v)) for k, v in service["build"].get("args", {}).items()}
+            assert args == BUILD_ARGS, f"{name}: build args {args}"
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
+    used = {v for s in compose["services"].values() for v in named_volumes(s)}
+    declared = set(compose.get("volumes") or {})
+    assert used == declared, f"used {sorted(used)}, declared {sorted(declared)}"
+
+
+def test_api_keeps_its_state_on_a_named_volume_it_can_write(
+    dockerfile: Dockerfile, serving: Stage, services: dict[str, dict[str, Any]]
+) -> None:
+    """A new named volume starts as a copy of the image's directory, owner included: the image
+    must create IMGSIM_DATA_DIR as the user it runs as, or the service cannot write there."""
     api = services["api"]
-    data_dir = environment(api).get("IMGSIM_DATA_DIR")
-    assert data_dir, "api: IMGSIM_DATA_DIR not set (threshold profiles would be lost)"
-    mount = {m.target: m for m in mounts(api)}.get(data_dir)
-    assert mount is not None and not mount.read_only, f"api: mount a writable volume at {data_dir}"
+    data_dir = environment(api).get("IMGSIM_DATA_DIR") or dockerfile.env(serving).get(
+        "IMGSIM_DATA_DIR"
+    )
+    assert data_dir, "api: IMGSIM_DATA_DIR not set"
+    assert data_dir in named_volumes(api).values(), f"api: no named volume at {data_dir}"
+    uid = dockerfile.effective(serving, "USER").args.split(":")[0]
+    runs = " ".join(i.args for i in serving.all("RUN"))
+    assert re.search(rf"install -d -o {uid} -g \d+ {re.escape(data_dir)}\b", runs), (
+        f"the serving stage must create {data_dir} owned by uid {uid}"
+    )
+
+
+def test_train_reads_datasets_from_the_repo_and_writes_a_new_model(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    train = services["train"]
+    raw = {default_of(v).split(":")[1]: v for v in train["volumes"] if isinstance(v, str)}
+    argv = as_command(train["command"])
+    data = flag_value(argv, "--data-dir")
+    assert "${IMGSIM_DATASETS:-" in raw[data], f"train: {raw[data]} is not set by IMGSIM_DATASETS"
+    source = {m.target: m for m in mounts(train)}[data].source
+    host = (COMPOSE.parent / source).resolve()
+    assert host.is_relative_to(ROOT) and host.is_dir(), f"train: default {source} not in the repo"
+    out = posixpath.basename(posixpath.normpath(flag_value(argv, "--out")))
+    assert SHIPPED_MODELS and out not in SHIPPED_MODELS, f"train overwrites the shipped {out}"
+
+
+def test_postgres_profile_for_shared_galleries(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    pg = services["postgres"]
+    assert pg.get("profiles") == ["postgres"]
+    assert pg["image"].startswith("pgvector/pgvector:pg"), pg["image"]
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert "/var/lib/postgresql/data" in named_volumes(pg).values()
+    assert "ports" not in pg, "the database is for the api, not the host"
+
+    api = services["api"]
+    assert environment(api).get("IMGSIM_GALLERY_URL", "missing") is None, "pass it through"
+    dep = api["depends_on"]["postgres"]
+    assert dep == {"condition": "service_healthy", "required": False}, dep
+    # The URL the header comment tells users to set reaches this database.
+    env = environment(pg)
+    url = re.search(r"IMGSIM_GALLERY_URL=(postgresql://\S+)", COMPOSE.read_text())
+    assert url, "document the IMGSIM_GALLERY_URL for the postgres profile"
+    user, db = env["POSTGRES_USER"], env["POSTGRES_DB"]
+    assert re.fullmatch(rf"postgresql://{user}:[^@]+@postgres:5432/{db}", url.group(1)), url
+
+
+def test_api_scales_out_and_stops_gracefully(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    assert "container_name" not in api, "a fixed container name prevents --scale"
+    host_ports = [str(p).rsplit(":", 1)[0] for p in api["ports"]]
+    assert all(re.search(r"\$\{IMGSIM_API_PORTS:-\d+\}", h) for h in host_ports), (
+        f"api: host ports {host_ports} must come from IMGSIM_API_PORTS (a range for --scale)"
+    )
+    grace = api.get("stop_grace_period", "10s")
+    assert grace.endswith("s") and int(grace[:-1]) > Settings().request_timeout_s + 5, (
+        f"api: stop_grace_period {grace} cuts the graceful shutdown short"
+    )
+
+
+def test_deployment_docs_name_every_service_profile_volume_and_variable(
+    compose: dict[str, Any],
+) -> None:
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    names = set(compose["services"]) | set(compose.get("volumes") or {})
+    names |= {p for s in compose["services"].values() for p in s.get("profiles", [])}
+    names |= set(re.findall(r"\$\{(\w+)", COMPOSE.read_text()))
+    missing = sorted(n for n in names if f"`{n}`" not in doc and f"{n}=" not in doc)
+    assert not missing, f"docs/deployment.md does not mention {missing}"

@@ -63,7 +63,7 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    threads: int = 0  # torch intra-op threads (0 = usable cores / ranks, CPU quota included)
     run_dir: Path = Path("")  # checkpoint and history; default runs/<name>
     resume: bool = False  # continue from run_dir/checkpoint.pt
     plots: bool = True  # draw plots beside the model after export

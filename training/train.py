@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from app import artifact
+from app.config import usable_cores
 from training.calibrate import balanced_pairs, calibrate, pair_distances, verification_metrics
 from training.config import TrainConfig, parse_args
 from training.data import DataBundle, Split, augment, load_dataset
@@ -305,8 +306,9 @@ def train(cfg: TrainConfig) -> dict:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # torch's own default is the cores it sees, blind to a container's CPU quota (--cpus 1 on a
+    # 16-core host would start 16 threads and be throttled); usable_cores honours the quota.
+    torch.set_num_threads(cfg.threads or max(1, usable_cores() // world))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 

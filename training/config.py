@@ -184,7 +184,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cifar10": {
         **_AIRBENCH, "dataset": "cifar10", "widths": [64, 256, 256], "embedding_dim": 256,
-        "epochs": 16, "flip_tta": True, "readout": "logits",
+        "epochs": 16, "flip_tta": True, "readout": "logits", "eval_every": 2,
     },
     # Clothing is left-right symmetric and centred on black: the digits recipe plus random flips
     # (and the mirror averaged in at test time), trained 6 epochs instead of 4.

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     own = args.dataset is None or args.dataset == card.dataset
     fraction = args.test_fraction
     if fraction is None:
-        fraction = 0.15 if own else 1.0
+        fraction = 0.15 if args.dataset is None else 1.0
     try:
         classes, test = test_images(args.dataset or card.dataset, args.data_dir, card, fraction)
     except DataError as e:

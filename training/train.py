@@ -1,16 +1,17 @@
 """Train an embedding tower with a metric-learning objective and export it to model_store/.
 
-    python -m training.train --dataset mnist --data-dir ../shared/data --out model_store/mnist
-    python -m training.train --dataset cifar10 --data-dir ../shared/data --out model_store/cifar10
-    python -m training.train --preset seed-mnist --out runs/seed-mnist/model  # classic recipe
-    python -m training.train --dataset folder:/data/signatures --channels 1 --image-size 64 \
-        --out model_store/signatures                                         # any class folders
+    make train DATASET=folder:/data/signatures NAME=signatures ARGS="--channels 1 --image-size 64"
+    python -m training.train --dataset folder:/data/signatures --channels 1 --image-size 64
+                                                      # the same: exports model_store/signatures
+    python -m training.train --preset mnist --out runs/mnist     # make train-mnist: shipped recipe
+    python -m training.train --preset seed-fashion --out runs/seed-fashion/model  # Keras tutorial
     torchrun --nproc-per-node 2 -m training.train ...                        # DDP
 
 One loop, top to bottom: data as uint8 tensors in memory, whole-batch augmentation, a tower whose
 forward is the exported contract (uint8 in, embedding out), a loss from pytorch-metric-learning,
 validation AUC each epoch, a checkpoint each epoch (``--resume`` continues), then calibration on the
-validation split, test metrics, export (app/artifact.py) and plots.
+validation split, a refusal if validation shows a collapsed tower (``--force``), test metrics in
+float32 and bfloat16, export (app/artifact.py) and plots. docs/training.md explains the guards.
 """
 
 from __future__ import annotations

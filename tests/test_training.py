@@ -482,3 +482,19 @@ def test_presets_are_valid_configs_and_run_fields_are_not_recipe():
     assert (
         PRESETS["seed-fashion"]["loss"] == "contrastive" and PRESETS["seed-fashion"]["margin"] == 1
     )
+
+
+def test_few_shot_identifies_enrolled_classes_and_rejects_the_others():
+    from training.evaluate import few_shot
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    centres = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    emb = centres[labels] + 0.1 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]).repeat(3, 1)
+    got = few_shot(emb, labels, enrolled=[0, 1], k=1, threshold=0.5)
+    assert got["probes"] == 4 and got["never_enrolled_probes"] == 3
+    assert got["top1"] == 1.0 and got["accepted_enrolled"] == 1.0
+    assert got["rejected_never_enrolled"] == 1.0
+    strict = few_shot(emb, labels, enrolled=[0, 1], k=1, threshold=0.01)
+    assert strict["accepted_enrolled"] == 0.0  # too tight a threshold rejects everyone
+    loose = few_shot(emb, labels, enrolled=[0, 1], k=1, threshold=10.0)
+    assert loose["rejected_never_enrolled"] == 0.0  # too loose accepts strangers

@@ -101,6 +101,41 @@ def compute_metrics(
     return metrics
 
 
+def few_shot(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    enrolled: list[int],
+    k: int,
+    threshold: float,
+    seed: int = PAIR_SEED,
+) -> dict[str, float]:
+    """A gallery as users build one: k images of each ``enrolled`` class; every other image of
+    those classes is identified by its nearest gallery image (top-1), and accepted when that
+    distance is within ``threshold``; images of the other classes (nobody enrolled them) should
+    be rejected by the same rule (open set)."""
+    g = torch.Generator().manual_seed(seed)
+    gallery, probes = [], []
+    for c in enrolled:
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        gallery.append(idx[:k])
+        probes.append(idx[k:])
+    gal, known = torch.cat(gallery), torch.cat(probes)
+    unknown = (~torch.isin(labels, torch.tensor(enrolled))).nonzero().flatten()
+    d_known, nearest = torch.cdist(emb[known], emb[gal]).min(dim=1)
+    out = {
+        "k": k,
+        "probes": len(known),
+        "top1": float((labels[gal][nearest] == labels[known]).float().mean()),
+        "accepted_enrolled": float((d_known <= threshold).float().mean()),
+    }
+    if len(unknown):
+        d_unknown = torch.cdist(emb[unknown], emb[gal]).min(dim=1).values
+        out["rejected_never_enrolled"] = float((d_unknown > threshold).float().mean())
+        out["never_enrolled_probes"] = len(unknown)
+    return out
+
+
 def test_images(
     spec: str, data_dir: Path, card: artifact.ModelCard, test_fraction: float
 ) -> tuple[list[str], Split]:
@@ -172,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         help="draw ROC, distance histograms, example pairs and the embedding map into DIR (never "
         "into the model folder: its plots are the ones the card was shipped with)",
     )
+    p.add_argument(
+        "--few-shot",
+        type=int,
+        nargs="*",
+        metavar="K",
+        help="also enroll K test images of each class held out in training (every class when "
+        "none was) and report top-1 identification of the rest, the share accepted at the "
+        "threshold, and the share of never-enrolled classes rejected (e.g. --few-shot 1 5)",
+    )
     p.add_argument("--json", type=Path, help="also write the metrics to this file")
     p.add_argument(
         "--precision",
@@ -200,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     emb = embed_all(art.module, test.images, precision=args.precision)
     excluded = (cfg.get("exclude_classes") or []) if own else []
     metrics = compute_metrics(emb, test.labels, threshold, classes, excluded, args.pairs)
+    if args.few_shot:
+        enrolled = [classes.index(c) for c in excluded] or list(range(len(classes)))
+        metrics["few_shot"] = {
+            f"k={k}": few_shot(emb, test.labels, enrolled, k, threshold) for k in args.few_shot
+        }
     metrics["threshold"] = threshold
     metrics["model"] = card.name
     metrics["model_version"] = card.version

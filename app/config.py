@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.artifact import EngineSetting
 from app.precision import PrecisionSetting
 
 # A model this slow per image is worth a worker per core (see Settings.inference_workers).
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     # computes it natively (the cifar10 tower 1.4-1.8x as fast at batch 32-64, the same test
     # accuracy), else float32.
     inference_precision: PrecisionSetting = "auto"
+    # What runs the forward pass (app/engines.py): "torchscript" (model.pt, the reference),
+    # "onnx" (model.onnx on ONNX Runtime's CPU provider, where the model has one and
+    # onnxruntime is installed) or "auto": the model card's `engine`, and where that is "auto"
+    # too, whichever of the two is faster on this machine, timed at warm-up.
+    inference_engine: EngineSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
 

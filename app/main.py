@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from app import __version__
+from app import __version__, engines
 from app.api import embed, health, metrics, models, similarity, verify
 from app.api.deps import RETRY_AFTER_S
 from app.batching import Batcher, Overloaded
@@ -32,7 +32,6 @@ from app.config import Settings
 from app.embedding import Embedder
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
-from app.precision import Precision, autocast
 from app.precision import resolve as resolve_precision
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
@@ -40,6 +39,7 @@ from app.security import APIKeyMiddleware, add_cors, api_key_scheme
 logger = logging.getLogger(__name__)
 
 WARM_UP_TIMEOUT_S = 120.0
+ENGINE_TRIAL_BATCH = 16  # images in the batch "auto" times each engine on (app/engines.py)
 
 DESCRIPTION = """
 Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
@@ -70,7 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         # Fail at boot, not on the first request; a broken model is refused, the rest serve.
         registry = await asyncio.to_thread(
-            Registry.load, settings.model_store, settings.default_model
+            Registry.load,
+            settings.model_store,
+            settings.default_model,
+            onnx=settings.inference_engine != "torchscript",
+            onnx_threads=settings.torch_threads,
         )
         state.registry = registry
         state.embedder = Embedder(
@@ -127,14 +131,24 @@ async def _start_and_warm_up(
     precision = resolve_precision(settings.inference_precision)
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
-        forward_ms = await asyncio.wait_for(
-            asyncio.to_thread(_one_image_ms, served.module, blank, precision), WARM_UP_TIMEOUT_S
+        choice = await asyncio.wait_for(
+            asyncio.to_thread(
+                engines.choose,
+                served,
+                settings.inference_engine,
+                precision,
+                min(ENGINE_TRIAL_BATCH, settings.batch_max_size),
+            ),
+            WARM_UP_TIMEOUT_S,
         )
     except Exception as e:
         _refuse(served, registry, e)
         return
+    served.engine = choice.engine
+    precision = choice.precision
+    forward_ms = choice.one_image_ms
     batcher = Batcher(
-        served.module,
+        choice.forward,
         name=served.name,
         max_batch_size=settings.batch_max_size,
         max_wait_ms=settings.batch_max_wait_ms,
@@ -146,8 +160,11 @@ async def _start_and_warm_up(
     batcher.start()
     served.batcher = batcher
     logger.info(
-        "model %s: one image in %.1f ms at %s; %d inference worker(s) x %d torch thread(s)",
-        served.name, forward_ms, precision, batcher.workers, settings.torch_threads,
+        "model %s: %s engine (timed 1/%d images, ms: %s), one image in %.1f ms at %s; "
+        "%d inference worker(s) x %d thread(s)",
+        served.name, choice.engine, min(ENGINE_TRIAL_BATCH, settings.batch_max_size),
+        {e: [round(t, 2) for t in ts] for e, ts in choice.timings_ms.items()},
+        forward_ms, precision, batcher.workers, settings.torch_threads,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + WARM_UP_TIMEOUT_S
@@ -158,18 +175,6 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         await batcher.stop()
-
-
-def _one_image_ms(module: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
-    """The best of a few one-image forward passes, in ms; the first ones also warm TorchScript
-    up (it profiles and optimises on its first calls)."""
-    best = float("inf")
-    with torch.inference_mode(), autocast(precision):
-        for _ in range(4):
-            started = time.perf_counter()
-            module(x.unsqueeze(0))
-            best = min(best, time.perf_counter() - started)
-    return best * 1000
 
 
 def _refuse(served: ServedModel, registry: Registry, error: Exception) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.artifact import Calibration, InputSpec
+from app.artifact import Calibration, Engine, InputSpec, OnnxCard
 from app.precision import Precision
 
 _VERSION = "3f2a9c1b7d4e"
@@ -70,6 +70,11 @@ class ModelInfo(BaseModel):
     inference_workers: int = Field(
         description="Threads running this model's forward passes on this server"
     )
+    engine: Engine = Field(
+        description="What runs the forward pass here: torchscript (model.pt) or onnx (model.onnx "
+        "on ONNX Runtime); both match within the card's onnx.tolerance"
+    )
+    engines: list[Engine] = Field(description="Engines this server has loaded for the model")
     version: str = Field(description="First 12 hex digits of sha256(model.pt)")
     dataset: str
     classes: list[str]
@@ -81,6 +86,9 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="Validation results recorded at export")
     created_at: str
     torch_version: str
+    onnx: OnnxCard | None = Field(
+        None, description="The model's ONNX engine: its sha256, export check and test metrics"
+    )
 
 
 class FailedModel(BaseModel):

@@ -2,6 +2,7 @@
 
     python -m training.evaluate model_store/mnist --data-dir ../shared/data
     python -m training.evaluate model_store/cifar10 --data-dir ../shared/data --plots
+    python -m training.evaluate model_store/cifar10 --engine onnx --record   # into card.onnx
 
 Pairs are fixed-seed balanced pairs (each test image once with a same-class partner, once with a
 different-class one), so numbers are comparable run to run and model to model. With classes held
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,14 +30,17 @@ PAIR_SEED = 1234  # fixed: every evaluation of every model sees the same test pa
 
 @torch.inference_mode()
 def embed_all(
-    module: torch.nn.Module,
+    module: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     batch_size: int = 500,
     precision: Precision = "float32",
 ) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, D) float32, in eval mode, in batches, at ``precision``."""
+    """(N, C, H, W) uint8 -> (N, D) float32, in eval mode, in batches, at ``precision``.
+
+    ``module`` may also be any engine called the same way (app.artifact.OnnxModel)."""
     was_training = getattr(module, "training", False)
-    module.eval()
+    if isinstance(module, torch.nn.Module):
+        module.eval()
     with autocast(precision):
         batches = [module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     out = torch.cat(batches)
@@ -101,10 +106,32 @@ def main(argv: list[str] | None = None) -> int:
         default="float32",
         help="run the model as the service does with IMGSIM_INFERENCE_PRECISION (app/precision.py)",
     )
+    p.add_argument(
+        "--engine",
+        choices=["torchscript", "onnx"],
+        default="torchscript",
+        help="run model.pt, or model.onnx on ONNX Runtime (IMGSIM_INFERENCE_ENGINE)",
+    )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="--engine onnx: write the test metrics into the card's onnx section",
+    )
     args = p.parse_args(argv)
+    if args.engine == "onnx" and args.precision != "float32":
+        p.error("the ONNX engine runs in float32; drop --precision")
+    if args.record and args.engine != "onnx":
+        p.error("--record is for --engine onnx (model.pt's metrics are written at export)")
+    if args.record and (args.dataset or args.threshold):
+        p.error("--record keeps the card's own test set and threshold")
 
-    art = artifact.load(args.model_dir)
+    art = artifact.load(args.model_dir, onnx=args.engine == "onnx")
     card = art.card
+    engine = art.module
+    if args.engine == "onnx":
+        if art.onnx is None:
+            p.error(art.onnx_error or f"{args.model_dir} has no ONNX engine (training.export_onnx)")
+        engine = art.onnx
     cfg = card.training
     bundle = load_dataset(
         args.dataset or card.dataset,
@@ -116,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         download=False,
     )
     threshold = args.threshold or card.threshold
-    emb = embed_all(art.module, bundle.test.images, precision=args.precision)
+    emb = embed_all(engine, bundle.test.images, precision=args.precision)
     metrics = compute_metrics(
         emb, bundle.test.labels, threshold, bundle.classes, cfg.get("exclude_classes") or []
     )
@@ -124,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     metrics["model"] = card.name
     metrics["model_version"] = card.version
     metrics["precision"] = args.precision
+    metrics["engine"] = args.engine
+    if args.record:
+        assert card.onnx is not None
+        card.onnx.metrics = {"test": metrics["test"], "threshold": threshold}
+        artifact.write_card(args.model_dir, card)
     if args.plots:
         from training import plots
 

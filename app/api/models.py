@@ -10,7 +10,8 @@ from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
 router = APIRouter(tags=["models"])
 
 # The card minus its training config (long, and of no use to a client) and the raw sha256.
-CARD_FIELDS = set(ModelInfo.model_fields) - {"name", "default", "precision", "inference_workers"}
+SERVER_FIELDS = {"name", "default", "precision", "inference_workers", "engine", "engines"}
+CARD_FIELDS = set(ModelInfo.model_fields) - SERVER_FIELDS
 
 
 @router.get(
@@ -26,6 +27,8 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
             default=name == registry.default,
             precision=served.batcher.precision if served.batcher else "float32",
             inference_workers=served.batcher.workers if served.batcher else 0,
+            engine=served.engine,
+            engines=["torchscript", "onnx"] if served.onnx is not None else ["torchscript"],
             **served.card.model_dump(include=CARD_FIELDS),
         )
         for name, served in registry.models.items()

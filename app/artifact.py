@@ -3,6 +3,7 @@
     model_store/<name>/model.pt    TorchScript; forward(x: uint8 (N, C, H, W)) -> float32 (N, D)
     model_store/<name>/model.json  ModelCard below; written last, so its presence means complete
     model_store/<name>/model.onnx  optional: the same function for ONNX Runtime (card.onnx)
+    model_store/<name>/model.int8.onnx  optional: its int8 quantization (card.onnx_int8)
 
 Preprocessing (scaling, normalisation, test-time flips) lives inside model.pt, so a consumer only
 decodes, converts to ``card.mode`` and resizes to (height, width). All TorchScript loading and
@@ -14,6 +15,9 @@ from model.pt itself (:func:`write_onnx`), refused at export unless it matches m
 ``ONNX_ATOL`` on real images, and pinned by its sha256 in ``card.onnx``. A card without the
 field (every card before issue 18) loads as before; a model.onnx that is missing, altered or
 unloadable costs only the ONNX engine, reported in ``Artifact.onnx_error``, and model.pt serves.
+model.int8.onnx, a statically quantized model.onnx, is held to accuracy instead of a tolerance:
+training/export_onnx.py records it (:func:`record_onnx_int8`) only when its test-pair accuracy
+and AUC stay within ``INT8_MAX_ACCURACY_DROP`` / ``INT8_MAX_AUC_DROP`` of float32.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ MODEL_FILE = "model.pt"
 CARD_FILE = "model.json"
 FORMAT = "torchscript"
 ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+INT8_MAX_ACCURACY_DROP = 0.003  # test-pair accuracy, as a fraction (0.3 points); issue 18
+INT8_MAX_AUC_DROP = 0.003
 ONNX_INPUT = "images"  # uint8 (N, C, H, W), N dynamic
 ONNX_OUTPUT = "embeddings"  # float32 (N, D)
 ONNX_OPSET = 17
@@ -44,8 +51,8 @@ ONNX_OPSET = 17
 # thresholds are ~0.1-1.5 wide apart); the shipped towers measure ~1e-6 (docs/serving-engine.md).
 ONNX_ATOL = 1e-4
 
-Engine = Literal["torchscript", "onnx"]
-EngineSetting = Literal["auto", "torchscript", "onnx"]
+Engine = Literal["torchscript", "onnx", "onnx-int8"]
+EngineSetting = Literal["auto", "torchscript", "onnx", "onnx-int8"]
 
 
 class ArtifactError(RuntimeError):
@@ -84,13 +91,20 @@ class Calibration(BaseModel):
 
 
 class OnnxCard(BaseModel):
-    """The optional ONNX engine of a model: ``model.onnx`` exported from ``model.pt``."""
+    """An optional ONNX engine of a model: ``model.onnx`` exported from ``model.pt``, or its
+    int8 quantization ``model.int8.onnx``."""
 
     file: str = ONNX_FILE
     sha256: str
-    precision: Literal["float32"] = "float32"
+    precision: Literal["float32", "int8"] = "float32"
+    quantization: dict[str, Any] = Field(
+        default_factory=dict, description="int8: how it was quantized and calibrated"
+    )
     opset: int
-    tolerance: float = Field(description="max |ONNX - TorchScript| allowed per component")
+    tolerance: float | None = Field(
+        description="max |ONNX - TorchScript| allowed per component; None for int8, which is "
+        "held to test accuracy instead"
+    )
     max_abs_diff: float = Field(description="max |ONNX - TorchScript| measured at export")
     checked_images: int = Field(gt=0, description="real images the check ran on")
     checked_on: str = Field(description="where those images came from")
@@ -123,6 +137,7 @@ class ModelCard(BaseModel):
     # engine; IMGSIM_INFERENCE_ENGINE, when not "auto", overrides it for the whole server.
     engine: EngineSetting = "auto"
     onnx: OnnxCard | None = None
+    onnx_int8: OnnxCard | None = None
 
     @property
     def mode(self) -> Literal["L", "RGB"]:
@@ -159,6 +174,8 @@ class Artifact:
     path: Path
     onnx: OnnxModel | None = None  # the card's ONNX engine, loaded (when asked and possible)
     onnx_error: str | None = None  # why the card's ONNX engine is not loaded, if it is not
+    onnx_int8: OnnxModel | None = None  # the same for the int8 ONNX engine
+    onnx_int8_error: str | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -236,15 +253,14 @@ def load_onnx(path: Path, threads: int = 1) -> OnnxModel:
     return OnnxModel(session, Path(path))
 
 
-def _load_onnx_engine(model_dir: Path, card: ModelCard, threads: int) -> OnnxModel:
-    assert card.onnx is not None
-    path = model_dir / card.onnx.file
+def _load_onnx_engine(model_dir: Path, section: OnnxCard, threads: int) -> OnnxModel:
+    path = model_dir / section.file
     if not path.is_file():
         raise ArtifactError(f"{path}: missing (named by model.json)")
     actual = sha256_file(path)
-    if actual != card.onnx.sha256:
+    if actual != section.sha256:
         raise ArtifactError(
-            f"{path}: sha256 {actual[:12]}… does not match model.json ({card.onnx.sha256[:12]}…)"
+            f"{path}: sha256 {actual[:12]}… does not match model.json ({section.sha256[:12]}…)"
         )
     if not onnxruntime_available():
         raise ArtifactError("onnxruntime is not installed (pip install 'imgsim[onnx]')")
@@ -272,14 +288,15 @@ def load(model_dir: Path, *, onnx: bool = True, onnx_threads: int = 1) -> Artifa
     except Exception as e:  # torch raises RuntimeError/ValueError/zip errors for corrupt files
         raise ArtifactError(f"{weights}: not a loadable TorchScript module: {e}") from e
     module.eval()
-    onnx_model: OnnxModel | None = None
-    onnx_error: str | None = None
-    if onnx and card.onnx is not None:
-        try:
-            onnx_model = _load_onnx_engine(model_dir, card, onnx_threads)
-        except ArtifactError as e:
-            onnx_error = str(e)
-    return Artifact(card, module, model_dir, onnx_model, onnx_error)
+    engines: list[OnnxModel | None] = [None, None]
+    errors: list[str | None] = [None, None]
+    for i, section in enumerate((card.onnx, card.onnx_int8)):
+        if onnx and section is not None:
+            try:
+                engines[i] = _load_onnx_engine(model_dir, section, onnx_threads)
+            except ArtifactError as e:
+                errors[i] = str(e)
+    return Artifact(card, module, model_dir, engines[0], errors[0], engines[1], errors[1])
 
 
 def discover(store: Path) -> list[Path]:
@@ -309,6 +326,7 @@ def write(
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / CARD_FILE).unlink(missing_ok=True)  # an old card must not vouch for new weights
     (model_dir / ONNX_FILE).unlink(missing_ok=True)  # nor an old engine stand in for them
+    (model_dir / ONNX_INT8_FILE).unlink(missing_ok=True)
     weights = model_dir / MODEL_FILE
     module = module.eval()
     save_module(module, weights)
@@ -429,6 +447,49 @@ def write_onnx(
         checked_images=len(images),
         checked_on=checked_on,
         onnxruntime_version=ort.__version__,
+    )
+    write_card(model_dir, card)
+    return card
+
+
+def record_onnx_int8(
+    model_dir: Path,
+    quantized: Path,
+    *,
+    metrics: dict[str, Any],
+    reference: dict[str, Any],
+    quantization: dict[str, Any],
+) -> ModelCard:
+    """Ship ``quantized`` (an int8 model.onnx) as model.int8.onnx, with its test ``metrics``
+    (``{"test": {...}}``, measured in ONNX Runtime) in ``card.onnx_int8``, if they are within
+    the int8 limits of ``reference`` (the float32 metrics); else ArtifactError, nothing kept."""
+    import onnxruntime as ort
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    got, want = metrics["test"], reference["test"]
+    accuracy_drop = want["accuracy"] - got["accuracy"]
+    auc_drop = want["roc_auc"] - got["roc_auc"]
+    if accuracy_drop > INT8_MAX_ACCURACY_DROP or auc_drop > INT8_MAX_AUC_DROP:
+        Path(quantized).unlink(missing_ok=True)
+        raise ArtifactError(
+            f"int8 loses {100 * accuracy_drop:.2f} accuracy points and {auc_drop:.4f} AUC "
+            f"(limits {100 * INT8_MAX_ACCURACY_DROP:.1f} and {INT8_MAX_AUC_DROP})"
+        )
+    path = model_dir / ONNX_INT8_FILE
+    Path(quantized).replace(path)
+    card.onnx_int8 = OnnxCard(
+        file=ONNX_INT8_FILE,
+        sha256=sha256_file(path),
+        precision="int8",
+        quantization=quantization,
+        opset=ONNX_OPSET,
+        tolerance=None,  # held to accuracy, not to a per-component tolerance
+        max_abs_diff=float(quantization["max_abs_diff"]),
+        checked_images=int(got["pairs"]),
+        checked_on="test pairs, accuracy and AUC against float32",
+        onnxruntime_version=ort.__version__,
+        metrics=metrics,
     )
     write_card(model_dir, card)
     return card

@@ -1,4 +1,5 @@
-"""Which engine runs a model's forward pass: TorchScript (model.pt) or ONNX Runtime (model.onnx).
+"""Which engine runs a model's forward pass: TorchScript (model.pt) or ONNX Runtime (model.onnx,
+or its int8 quantization model.int8.onnx).
 
     choice = choose(served, settings.inference_engine, precision, batch=16)  # at warm-up
     Batcher(choice.forward, precision=choice.precision, ...)
@@ -8,8 +9,10 @@ contract and the reference; ONNX is used only where the model ships a checked mo
 (app/artifact.py) and onnxruntime is installed. Under "auto" the two are timed on this machine,
 at one image and at one batch, and the one with the smaller sum wins: the one-image time is what
 a lone request waits, the batch time what the server's throughput is made of. The ONNX graph is
-float32 whatever IMGSIM_INFERENCE_PRECISION says (bfloat16 autocast is a torch feature), so the
-TorchScript candidate is timed at the resolved precision and the ONNX one in float32.
+float32 (or int8) whatever IMGSIM_INFERENCE_PRECISION says (bfloat16 autocast is a torch
+feature), so the TorchScript candidate is timed at the resolved precision, the ONNX ones in their
+own. A CPU without fast int8 (VNNI) or bfloat16 still runs both correctly, only slower, and the
+timing then picks another engine: that is the clean fallback.
 See docs/serving-engine.md for the measurements behind this.
 """
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.artifact import Engine, EngineSetting
+from app.artifact import Engine, EngineSetting, OnnxModel
 from app.precision import Precision, autocast
 from app.registry import ServedModel
 
@@ -37,35 +40,44 @@ TIMED_RUNS = 4  # per candidate and batch size; the best counts (the first also 
 class EngineChoice:
     engine: Engine
     forward: Forward
-    precision: Precision
+    precision: Precision  # for the Batcher's autocast: bfloat16 only for TorchScript
+    computes_in: str  # what /models shows: float32, bfloat16 or int8
     one_image_ms: float  # best one-image forward pass of the chosen engine
     timings_ms: dict[str, tuple[float, float]] = field(default_factory=dict)  # engine -> (1, B)
+
+
+def loaded(served: ServedModel) -> dict[Engine, Forward]:
+    """The engines ``served`` has loaded, TorchScript first."""
+    onnx: dict[Engine, OnnxModel | None] = {"onnx": served.onnx, "onnx-int8": served.onnx_int8}
+    return {"torchscript": served.module, **{e: f for e, f in onnx.items() if f is not None}}
 
 
 def candidates(setting: EngineSetting, served: ServedModel) -> list[Engine]:
     """The engines to consider for ``served``: the setting wins over the card unless "auto"."""
     wanted = setting if setting != "auto" else served.card.engine
-    if served.onnx is None:
-        if wanted == "onnx":
-            logger.warning(
-                "model %s: engine onnx asked for but not available (%s); serving TorchScript",
-                served.name, served.onnx_error or "the model has no model.onnx",
-            )  # fmt: skip
-        return ["torchscript"]
+    available = list(loaded(served))
     if wanted == "auto":
-        return ["torchscript", "onnx"]
+        return available
+    if wanted not in available:
+        error = served.onnx_int8_error if wanted == "onnx-int8" else served.onnx_error
+        logger.warning(
+            "model %s: engine %s asked for but not available (%s); serving TorchScript",
+            served.name, wanted, error or "the model has no such file",
+        )  # fmt: skip
+        return ["torchscript"]
     return [wanted]
 
 
 def forward_of(served: ServedModel, engine: Engine) -> Forward:
-    if engine == "onnx":
-        assert served.onnx is not None
-        return served.onnx
-    return served.module
+    return loaded(served)[engine]
 
 
 def precision_of(engine: Engine, precision: Precision) -> Precision:
     return precision if engine == "torchscript" else "float32"
+
+
+def computes_in(engine: Engine, precision: Precision) -> str:
+    return {"torchscript": precision, "onnx": "float32", "onnx-int8": "int8"}[engine]
 
 
 def best_ms(forward: Forward, x: torch.Tensor, precision: Precision) -> float:
@@ -101,6 +113,7 @@ def choose(
         engine=chosen,
         forward=forward_of(served, chosen),
         precision=precision_of(chosen, precision),
+        computes_in=computes_in(chosen, precision),
         one_image_ms=timings[chosen][0],
         timings_ms=timings,
     )

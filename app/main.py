@@ -144,7 +144,7 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         return
-    served.engine = choice.engine
+    served.engine, served.precision = choice.engine, choice.computes_in
     precision = choice.precision
     forward_ms = choice.one_image_ms
     batcher = Batcher(

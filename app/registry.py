@@ -38,7 +38,10 @@ class ServedModel:
     batcher: Batcher | None = None  # set by the app's lifespan
     onnx: OnnxModel | None = None  # the ONNX engine, when the model has one and it loaded
     onnx_error: str | None = None  # why a model.onnx named by the card is not loaded
+    onnx_int8: OnnxModel | None = None  # the int8 ONNX engine, likewise
+    onnx_int8_error: str | None = None
     engine: Engine = "torchscript"  # what the batcher runs; chosen at warm-up (app/engines.py)
+    precision: str = "float32"  # the number format that engine computes in, for /models
 
 
 class Registry:
@@ -84,14 +87,19 @@ class Registry:
                 continue
             if loaded.card.name != name:
                 logger.warning("model folder %s holds a card named %r", name, loaded.card.name)
-            if loaded.onnx_error is not None:  # model.pt still serves: it is the contract
-                logger.error("model %s: ONNX engine not loaded: %s", name, loaded.onnx_error)
+            for error in (loaded.onnx_error, loaded.onnx_int8_error):
+                if error is not None:  # model.pt still serves: it is the contract
+                    logger.error("model %s: ONNX engine not loaded: %s", name, error)
             models[name] = ServedModel(
                 name=name,
                 card=loaded.card,
                 module=loaded.module,
                 onnx=loaded.onnx,
                 onnx_error=_public(loaded.onnx_error, store) if loaded.onnx_error else None,
+                onnx_int8=loaded.onnx_int8,
+                onnx_int8_error=(
+                    _public(loaded.onnx_int8_error, store) if loaded.onnx_int8_error else None
+                ),
             )
             logger.info(
                 "loaded model %s version %s (%s, input %dx%dx%d, dim %d, threshold %.4g)",

@@ -63,16 +63,17 @@ class ReadyResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="What to pass as the `model` form field")
     default: bool = Field(description="Used when a request names no model")
-    precision: Precision = Field(
+    precision: Precision | Literal["int8"] = Field(
         description="Number format this server runs the forward pass in (bfloat16 where the "
-        "CPU has it natively; the test metrics hold either way)"
+        "CPU has it natively; int8 for the onnx-int8 engine; the test metrics hold either way)"
     )
     inference_workers: int = Field(
         description="Threads running this model's forward passes on this server"
     )
     engine: Engine = Field(
-        description="What runs the forward pass here: torchscript (model.pt) or onnx (model.onnx "
-        "on ONNX Runtime); both match within the card's onnx.tolerance"
+        description="What runs the forward pass here: torchscript (model.pt), onnx (model.onnx "
+        "on ONNX Runtime, within the card's onnx.tolerance of it) or onnx-int8 (model.int8.onnx, "
+        "within the card's accuracy limits)"
     )
     engines: list[Engine] = Field(description="Engines this server has loaded for the model")
     version: str = Field(description="First 12 hex digits of sha256(model.pt)")
@@ -88,6 +89,9 @@ class ModelInfo(BaseModel):
     torch_version: str
     onnx: OnnxCard | None = Field(
         None, description="The model's ONNX engine: its sha256, export check and test metrics"
+    )
+    onnx_int8: OnnxCard | None = Field(
+        None, description="The model's int8 ONNX engine: its quantization and test metrics"
     )
 
 

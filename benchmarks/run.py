@@ -579,16 +579,19 @@ def bench_model(
 
 def service_engines(card: artifact.ModelCard) -> list[str]:
     """The engines the service can run ``card``'s model on here."""
-    has_onnx = card.onnx is not None and artifact.onnxruntime_available()
-    return ["torchscript", "onnx"] if has_onnx else ["torchscript"]
+    if not artifact.onnxruntime_available():
+        return ["torchscript"]
+    onnx = {"onnx": card.onnx, "onnx-int8": card.onnx_int8}
+    return ["torchscript", *(engine for engine, section in onnx.items() if section is not None)]
 
 
 def card_accuracy(card: artifact.ModelCard, engine: str) -> float | None:
     """Test-pair accuracy recorded in the card for ``engine`` (float32)."""
-    if engine == "onnx":
-        metrics = card.onnx.metrics if card.onnx is not None else {}
-    else:
+    section = {"onnx": card.onnx, "onnx-int8": card.onnx_int8}.get(engine)
+    if engine == "torchscript":
         metrics = card.metrics
+    else:
+        metrics = section.metrics if section is not None else {}
     value = metrics.get("test", {}).get("accuracy")
     return float(value) if value is not None else None
 

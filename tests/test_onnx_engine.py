@@ -199,3 +199,85 @@ def test_models_shows_torchscript_for_a_model_without_onnx(client):
     for info in _models(client).values():
         assert info["engine"] == "torchscript" and info["engines"] == ["torchscript"]
         assert info["onnx"] is None
+
+
+# --- int8 (static QDQ) -----------------------------------------------------------------------
+
+
+def _metrics(accuracy: float, auc: float) -> dict:
+    return {"test": {"pairs": 100, "accuracy": accuracy, "roc_auc": auc}}
+
+
+@pytest.fixture(scope="module")
+def int8_store(onnx_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """onnx_store's towers, cifar10 with a real int8 quantization of its model.onnx shipped."""
+    pytest.importorskip("onnx")  # the quantizer needs it (the train extra)
+    from training.export_onnx import quantize_int8
+
+    store = tmp_path_factory.mktemp("int8_store")
+    shutil.copytree(onnx_store, store, dirs_exist_ok=True)
+    model_dir = store / "cifar10"
+    card = artifact.read_card(model_dir)
+    tmp = model_dir / "int8.tmp"
+    how = quantize_int8(model_dir / "model.onnx", tmp, fixture_images(card))
+    artifact.record_onnx_int8(
+        model_dir,
+        tmp,
+        metrics=_metrics(0.90, 0.97),
+        reference=_metrics(0.902, 0.972),  # within 0.3 points and 0.003 AUC
+        quantization={**how, "max_abs_diff": 0.01},
+    )
+    return store
+
+
+def test_int8_is_recorded_with_its_metrics_and_serves_close_to_float32(int8_store, photos):
+    model_dir = int8_store / "cifar10"
+    card = artifact.read_card(model_dir)
+    assert card.onnx_int8 is not None and card.onnx_int8.precision == "int8"
+    assert card.onnx_int8.sha256 == artifact.sha256_file(model_dir / "model.int8.onnx")
+    assert card.onnx_int8.metrics["test"]["accuracy"] == 0.90
+    assert card.onnx_int8.quantization["format"] == "QDQ"
+    art = artifact.load(model_dir)
+    assert art.onnx_int8 is not None
+    x = torch.stack([decode(b, "RGB", (32, 32), 10**7) for bs in photos.values() for b in bs])
+    with torch.inference_mode():
+        want = art.module(x)
+    got = art.onnx_int8(x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert not torch.equal(got, want)  # it is quantized...
+    assert float((got - want).abs().max()) < 0.2  # ...and still the same embeddings, roughly
+
+
+@pytest.mark.parametrize(("accuracy", "auc"), [(0.898, 0.972), (0.902, 0.968)])
+def test_int8_that_loses_too_much_is_not_shipped(onnx_copy, accuracy, auc):
+    model_dir = onnx_copy / "mnist"
+    tmp = model_dir / "int8.tmp"
+    shutil.copy(model_dir / "model.onnx", tmp)
+    with pytest.raises(artifact.ArtifactError, match="int8 loses"):
+        artifact.record_onnx_int8(
+            model_dir,
+            tmp,
+            metrics=_metrics(accuracy, auc),
+            reference=_metrics(0.902, 0.972),
+            quantization={"max_abs_diff": 0.0},
+        )
+    assert not tmp.exists() and not (model_dir / "model.int8.onnx").exists()
+    assert artifact.read_card(model_dir).onnx_int8 is None
+
+
+def test_the_service_serves_int8_when_asked_and_says_so(make_settings, int8_store, photos):
+    settings = make_settings(model_store=int8_store, inference_engine="onnx-int8")
+    with TestClient(create_app(settings)) as client:
+        models = _models(client)
+        r = client.post(
+            "/similarity",
+            files=multipart_files(image_a=photos["cat"][0], image_b=photos["cat"][1]),
+            data={"model": "cifar10"},
+        )
+    assert r.status_code == 200, r.text
+    assert models["cifar10"]["engine"] == "onnx-int8"
+    assert models["cifar10"]["precision"] == "int8"
+    assert models["cifar10"]["engines"] == ["torchscript", "onnx", "onnx-int8"]
+    assert models["cifar10"]["onnx_int8"]["precision"] == "int8"
+    # mnist has no int8 file: TorchScript, the contract
+    assert models["mnist"]["engine"] == "torchscript"

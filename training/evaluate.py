@@ -108,30 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--engine",
-        choices=["torchscript", "onnx"],
+        choices=["torchscript", "onnx", "onnx-int8"],
         default="torchscript",
-        help="run model.pt, or model.onnx on ONNX Runtime (IMGSIM_INFERENCE_ENGINE)",
+        help="run model.pt, or model.onnx / model.int8.onnx on ONNX Runtime "
+        "(IMGSIM_INFERENCE_ENGINE)",
     )
     p.add_argument(
         "--record",
         action="store_true",
-        help="--engine onnx: write the test metrics into the card's onnx section",
+        help="--engine onnx[-int8]: write the test metrics into the card's onnx[_int8] section",
     )
     args = p.parse_args(argv)
-    if args.engine == "onnx" and args.precision != "float32":
-        p.error("the ONNX engine runs in float32; drop --precision")
-    if args.record and args.engine != "onnx":
+    if args.engine != "torchscript" and args.precision != "float32":
+        p.error("the ONNX engines ignore --precision; drop it")
+    if args.record and args.engine == "torchscript":
         p.error("--record is for --engine onnx (model.pt's metrics are written at export)")
     if args.record and (args.dataset or args.threshold):
         p.error("--record keeps the card's own test set and threshold")
 
-    art = artifact.load(args.model_dir, onnx=args.engine == "onnx")
+    art = artifact.load(args.model_dir, onnx=args.engine != "torchscript")
     card = art.card
     engine = art.module
-    if args.engine == "onnx":
-        if art.onnx is None:
-            p.error(art.onnx_error or f"{args.model_dir} has no ONNX engine (training.export_onnx)")
-        engine = art.onnx
+    if args.engine != "torchscript":
+        int8 = args.engine == "onnx-int8"
+        onnx, error = (art.onnx_int8, art.onnx_int8_error) if int8 else (art.onnx, art.onnx_error)
+        if onnx is None:
+            p.error(error or f"{args.model_dir} has no {args.engine} engine (training.export_onnx)")
+        engine = onnx
     cfg = card.training
     bundle = load_dataset(
         args.dataset or card.dataset,
@@ -153,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics["precision"] = args.precision
     metrics["engine"] = args.engine
     if args.record:
-        assert card.onnx is not None
-        card.onnx.metrics = {"test": metrics["test"], "threshold": threshold}
+        section = card.onnx_int8 if args.engine == "onnx-int8" else card.onnx
+        assert section is not None
+        section.metrics = {"test": metrics["test"], "threshold": threshold}
         artifact.write_card(args.model_dir, card)
     if args.plots:
         from training import plots

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app import engines
 from app.api.deps import RegistryDep
 from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
 
@@ -25,10 +26,10 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
         ModelInfo(
             name=name,
             default=name == registry.default,
-            precision=served.batcher.precision if served.batcher else "float32",
+            precision=served.precision,
             inference_workers=served.batcher.workers if served.batcher else 0,
             engine=served.engine,
-            engines=["torchscript", "onnx"] if served.onnx is not None else ["torchscript"],
+            engines=list(engines.loaded(served)),
             **served.card.model_dump(include=CARD_FIELDS),
         )
         for name, served in registry.models.items()

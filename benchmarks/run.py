@@ -383,7 +383,10 @@ def estimate_minutes(args: argparse.Namespace, models: int) -> float:
     training = 10 * (args.train_steps + 1) if "training" not in args.skip else 0
     paired = 12 + args.paired_rounds * 2 * (args.paired_seconds + 0.8)
     paired *= "paired" not in args.skip
-    total = models * (points * per_point + starts * 6 + ceiling + training + paired)
+    # side by side: ~4 servers (engines, TorchServe, naive) x rounds x 2 levels, + their starts
+    peer = 60 + 4 * args.peer_rounds * 2 * (math.ceil(args.peer_seconds) + 2.5)
+    peer *= "peer" not in args.skip
+    total = models * (points * per_point + starts * 6 + ceiling + training + paired + peer)
     total += 0 if "workers" in args.skip else per_point + 8
     return total / 60
 

@@ -506,7 +506,8 @@ def bench_model(
     store = one_model_store(model_dir, tmp)
 
     if "ceiling" not in args.skip:
-        setups = ceiling_setups(args.ceiling_threads, usable_cores())
+        engines = tuple(service_engines(card))
+        setups = ceiling_setups(args.ceiling_threads, usable_cores(), engines)
         result.ceiling = inference_grid(model, args.ceiling_batches, setups, args.ceiling_seconds)
         best = result.best_ceiling()
         assert best is not None
@@ -927,8 +928,8 @@ def render(
                 for setup in setups
             ]
             out += [
-                f"Model ceiling, images/s of inference alone (TorchScript, in-process, random "
-                f"uint8 input): best {best.images_per_s:.0f} images/s = "
+                f"Model ceiling, images/s of inference alone (each engine the service has, "
+                f"in-process, random uint8 input): best {best.images_per_s:.0f} images/s = "
                 f"**{best.pairs_per_s:.0f} pairs/s** at batch {best.batch}, {best.setup.label}. "
                 "Streams: that many threads side by side, as the service's inference workers. "
                 f"Cheapest in CPU: {cheap.cpu_ms_per_image:.3f} ms per image at batch "

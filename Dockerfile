@@ -56,8 +56,12 @@ CMD ["python", "-m", "training.train", "--help"]
 FROM base AS runtime
 COPY --from=builder /opt/venv /opt/venv
 COPY model_store/ /srv/model_store/
+# The state directory (threshold profiles) is the one place the service writes: a volume in
+# docker-compose; created here owned by the service user, so a fresh named volume inherits that.
+RUN mkdir /srv/data && chown 10001:10001 /srv/data
 WORKDIR /srv
-ENV IMGSIM_MODEL_STORE=/srv/model_store
+ENV IMGSIM_MODEL_STORE=/srv/model_store \
+    IMGSIM_DATA_DIR=/srv/data
 USER 10001:10001
 EXPOSE 8000
 # Boot loads every model before the port opens, hence the start period.

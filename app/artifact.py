@@ -79,7 +79,15 @@ class Calibration(BaseModel):
     method: Literal["logistic"] = "logistic"
     intercept: float
     slope: float = Field(lt=0, description="negative: larger distance, less likely the same")
-    table: list[ThresholdRate] = Field(default_factory=list)
+    # How P(same) and the threshold agree (issue 14): "threshold" = the balanced-accuracy threshold
+    # is chosen first and the map is fitted with intercept = -slope * threshold, so P = 0.5 there.
+    # None: an older card whose free two-parameter fit need not cross 0.5 at the threshold.
+    anchor: Literal["threshold"] | None = Field(
+        None, description="threshold: fitted so that P(same) = 0.5 exactly at the card's threshold"
+    )
+    table: list[ThresholdRate] = Field(
+        default_factory=list, description="validation FAR/FRR by threshold, ascending"
+    )
 
     def probability(self, distance: float) -> float:
         z = self.intercept + self.slope * distance
@@ -189,7 +197,7 @@ def sha256_file(path: Path) -> str:
 @contextmanager
 def _quiet_torchscript_deprecation() -> Iterator[None]:
     # torch>=2.14 warns that torch.jit is deprecated. The product ships TorchScript on purpose
-    # (see DEVELOPERS.md); silence exactly that warning, here only.
+    # (docs/serving.md, Why TorchScript); silence exactly that warning, here only.
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,18 +20,22 @@ import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-from app import __version__, engines
-from app.api import embed, health, metrics, models, similarity, verify
+from app import __version__, engines, web
+from app.api import calibrate, docs, embed, health, metrics, models, profiles, similarity, verify
 from app.api.deps import RETRY_AFTER_S
+from app.api.uploads import UploadBudget
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
 from app.embedding import Embedder
+from app.images import OverBudget
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
+from app.precision import for_card as precision_for_card
 from app.precision import resolve as resolve_precision
+from app.profiles import ProfileStore
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
 
@@ -43,7 +46,8 @@ ENGINE_TRIAL_BATCH = 16  # images in the batch "auto" times each engine on (app/
 
 DESCRIPTION = """
 Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
-TIFF); every answer names the model and its version.
+TIFF); every answer names the model and its version, and carries `warnings` when an upload is
+far from what the model was trained on (colour vs greyscale, shape, size).
 
 * `POST /similarity`: distance and calibrated P(same) of two images
 * `POST /verify`: same or not, at the model's calibrated threshold or yours
@@ -51,23 +55,28 @@ TIFF); every answer names the model and its version.
 * `POST /similarity/matrix`: all pairwise distances
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
+* `POST /calibrate`: measure a model on your own labelled pairs, save a threshold profile
+* `GET /`: a web page to try it all in a browser
 """
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
-    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    configure_logging(
+        json_logs=settings.log_json,
+        level=settings.log_level,
+        queue_max=settings.log_queue_max,
+        flush_timeout_s=settings.log_flush_timeout_s,
+    )
     app_metrics = Metrics()
     api_keys = settings.api_key_set()
+    admin_keys = settings.admin_key_set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.phase = "starting"
         torch.set_num_threads(settings.torch_threads)
-        # Pillow only warns between 1x and 2x its own pixel limit; make that an error, which
-        # app.images reports as 413 (its own, lower max_image_pixels check comes first anyway).
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         # Fail at boot, not on the first request; a broken model is refused, the rest serve.
         registry = await asyncio.to_thread(
             Registry.load,
@@ -77,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             onnx_threads=settings.torch_threads,
         )
         state.registry = registry
+        state.profiles = ProfileStore(settings.data_dir / "profiles")
         state.embedder = Embedder(
             settings, EmbeddingCache(settings.cache_entries, app_metrics), app_metrics
         )
@@ -102,22 +112,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # app/api/docs.py serves /docs without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
+    app.state.upload_budget = UploadBudget(settings.upload_budget_bytes)
     app.state.phase = "starting"
 
-    protected = [Security(api_key_scheme)] if api_keys else []
+    protected = [Security(api_key_scheme)] if api_keys or admin_keys else []
     app.include_router(health.router)
-    for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
+    docs.add_docs(app)
+    for router in (
+        similarity.router,
+        verify.router,
+        embed.router,
+        models.router,
+        metrics.router,
+        calibrate.router,
+        profiles.router,
+        web.api_router,
+    ):
         app.include_router(router, dependencies=protected)
+    web.mount(app)  # the page and its static files: open, they hold no data
 
     _add_error_handlers(app)
 
     # add_middleware wraps: the last added runs first. Request id and access log outermost, so
     # even a 401 or a CORS refusal is logged with its id.
-    if api_keys:
-        app.add_middleware(APIKeyMiddleware, keys=api_keys)
+    if api_keys or admin_keys:
+        app.add_middleware(APIKeyMiddleware, keys=api_keys, admin_keys=admin_keys)
     instrument(app, app_metrics)
     add_cors(app, settings)
     app.add_middleware(RequestContextMiddleware)
@@ -128,9 +152,17 @@ async def _start_and_warm_up(
     served: ServedModel, registry: Registry, settings: Settings, metrics: Metrics
 ) -> None:
     card = served.card
-    precision = resolve_precision(settings.inference_precision)
+    precision, fallback = precision_for_card(
+        resolve_precision(settings.inference_precision), card.metrics
+    )
+    if fallback is not None:
+        logger.warning("model %s: %s; falling back to float32", served.name, fallback)
+        served.precision_note = f"float32: {fallback}"
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
+        mflops = await asyncio.wait_for(
+            asyncio.to_thread(_one_image_mflops, served.module, blank), WARM_UP_TIMEOUT_S
+        )
         choice = await asyncio.wait_for(
             asyncio.to_thread(
                 engines.choose,
@@ -155,16 +187,16 @@ async def _start_and_warm_up(
         queue_max=settings.queue_max,
         metrics=metrics,
         precision=precision,
-        workers=settings.inference_workers_for(forward_ms),
+        workers=settings.inference_workers_for(mflops),
     )
     batcher.start()
     served.batcher = batcher
     logger.info(
-        "model %s: %s engine (timed 1/%d images, ms: %s), one image in %.1f ms at %s; "
-        "%d inference worker(s) x %d thread(s)",
+        "model %s: %s engine (timed 1/%d images, ms: %s); %.0f MFLOP and %.1f ms per image at "
+        "%s; %d inference worker(s) x %d thread(s)",
         served.name, choice.engine, min(ENGINE_TRIAL_BATCH, settings.batch_max_size),
-        {e: [round(t, 2) for t in ts] for e, ts in choice.timings_ms.items()},
-        forward_ms, precision, batcher.workers, settings.torch_threads,
+        {e: [round(t, 2) for t in ts] for e, ts in choice.timings_ms.items()}, mflops,
+        forward_ms, served.precision, batcher.workers, settings.torch_threads,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + WARM_UP_TIMEOUT_S
@@ -175,6 +207,16 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         await batcher.stop()
+
+
+def _one_image_mflops(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """MFLOP of a one-image forward pass of the TorchScript module (the ONNX engines compute the
+    same function). Counted, not timed: timings vary with the load, so the worker count is
+    decided from the FLOPs (the engine timings of app/engines.py only compare engines)."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(x.unsqueeze(0))
+    return counter.get_total_flops() / 1e6
 
 
 def _refuse(served: ServedModel, registry: Registry, error: Exception) -> None:
@@ -192,6 +234,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(OverBudget)
+    async def over_budget(request: Request, exc: OverBudget) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=413)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:

@@ -36,6 +36,7 @@ class ServedModel:
     card: ModelCard
     module: torch.jit.ScriptModule
     batcher: Batcher | None = None  # set by the app's lifespan
+    precision_note: str | None = None  # why it does not run in the configured precision
     onnx: OnnxModel | None = None  # the ONNX engine, when the model has one and it loaded
     onnx_error: str | None = None  # why a model.onnx named by the card is not loaded
     onnx_int8: OnnxModel | None = None  # the int8 ONNX engine, likewise

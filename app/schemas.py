@@ -5,12 +5,13 @@ Requests are multipart forms, declared in the routes with ``File``/``Form`` para
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.artifact import Calibration, Engine, InputSpec, OnnxCard
 from app.precision import Precision
+from app.thresholds import ThresholdSource
 
 _VERSION = "3f2a9c1b7d4e"
 
@@ -32,7 +33,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "An upload is not a decodable image (PNG, JPEG, GIF, WebP, BMP, TIFF)",
         401: "API keys are configured and X-API-Key is missing",
         403: "X-API-Key is not one of the configured keys",
-        404: "No model by that name",
+        404: "No model by that name (or no profile by that name)",
+        409: "The named profile was calibrated on another version of the model",
         413: "An upload is over max_upload_bytes, or an image over max_image_pixels",
         422: "A field is missing or invalid",
         503: "Not ready, overloaded or timed out: retry after Retry-After seconds",
@@ -47,7 +49,8 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not ready"]
     models: dict[str, str] = Field(
-        description='Each model found in the store: "up", or why it was refused'
+        description='Each model found in the store: "up", "warming up" (while starting), or '
+        "why it was refused"
     )
     detail: str | None = Field(None, description="Why the service is not ready")
 
@@ -64,8 +67,12 @@ class ModelInfo(BaseModel):
     name: str = Field(description="What to pass as the `model` form field")
     default: bool = Field(description="Used when a request names no model")
     precision: Precision | Literal["int8"] = Field(
-        description="Number format this server runs the forward pass in (bfloat16 where the "
-        "CPU has it natively; int8 for the onnx-int8 engine; the test metrics hold either way)"
+        description="Number format this server runs the forward pass in: bfloat16 where the "
+        "CPU has it natively, unless the card records that it costs this model more than 0.5 "
+        "points of pair accuracy against float32; int8 for the onnx-int8 engine"
+    )
+    precision_note: str | None = Field(
+        None, description="Why the model runs in float32 although the server is set otherwise"
     )
     inference_workers: int = Field(
         description="Threads running this model's forward passes on this server"
@@ -111,9 +118,21 @@ class ModelAnswer(BaseModel):
     model_version: str = Field(description="Its version (sha256 prefix of model.pt)")
 
 
+# Declared last in each answer (pydantic puts a base class's fields first), so it reads last.
+Warnings = Annotated[
+    list[str],
+    Field(
+        default_factory=list,
+        description="Sentences naming uploads far from what the model was trained on (colour "
+        "vs greyscale, shape, size), whose answer may not mean much; empty otherwise",
+    ),
+]
+
+
 class EmbedResponse(ModelAnswer):
     dim: int
     embedding: list[float] = Field(description="The image's embedding, `dim` floats")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -128,6 +147,7 @@ class SimilarityResponse(ModelAnswer):
     distance: float = Field(ge=0, description="Euclidean distance between the two embeddings")
     similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
     threshold: float = Field(description="The model's calibrated threshold, for reference")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -144,11 +164,19 @@ class SimilarityResponse(ModelAnswer):
     )
 
 
+ThresholdSourceField = Field(
+    description="Where the threshold came from: model (its calibrated default), request "
+    "(`threshold`), far (`far`, via the validation table) or profile (`profile`)"
+)
+
+
 class VerifyResponse(ModelAnswer):
     same: bool = Field(description="distance <= threshold")
     distance: float = Field(ge=0)
-    threshold: float = Field(description="The threshold applied: the request's or the model's")
+    threshold: float = Field(description="The threshold applied (see threshold_source)")
+    threshold_source: ThresholdSource = ThresholdSourceField
     similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -159,6 +187,7 @@ class VerifyResponse(ModelAnswer):
                     "same": True,
                     "distance": 0.41,
                     "threshold": 0.8,
+                    "threshold_source": "model",
                     "similarity": 0.93,
                 }
             ]
@@ -180,9 +209,11 @@ class CandidateError(BaseModel):
 
 class OneToManyResponse(ModelAnswer):
     threshold: float = Field(description="The threshold applied to every candidate")
+    threshold_source: ThresholdSource = ThresholdSourceField
     results: list[CandidateMatch | CandidateError] = Field(
         description="Matches by ascending distance, then the candidates that failed, by index"
     )
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -191,6 +222,7 @@ class OneToManyResponse(ModelAnswer):
                     "model": "mnist",
                     "model_version": _VERSION,
                     "threshold": 0.8,
+                    "threshold_source": "model",
                     "results": [
                         {"index": 1, "distance": 0.2, "similarity": 0.98, "same": True},
                         {"index": 0, "distance": 1.3, "similarity": 0.04, "same": False},
@@ -204,6 +236,7 @@ class OneToManyResponse(ModelAnswer):
 
 class MatrixResponse(ModelAnswer):
     distances: list[list[float]] = Field(description="N x N euclidean distances, zero diagonal")
+    warnings: Warnings
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -212,3 +245,42 @@ class MatrixResponse(ModelAnswer):
             ]
         }
     )
+
+
+class OperatingPoint(BaseModel):
+    threshold: float = Field(description="A distance: at or below means same")
+    far: float = Field(description="False-accept rate: different pairs judged same")
+    frr: float = Field(description="False-reject rate: same pairs judged different")
+
+
+class CalibrateResponse(ModelAnswer):
+    pairs: int = Field(description="Labelled pairs measured")
+    auc: float = Field(description="ROC AUC: P(a same pair is closer than a different one)")
+    eer: float = Field(description="Equal error rate")
+    threshold: float = Field(
+        description="Recommended threshold: the one that maximises balanced accuracy "
+        "(mean of the true-accept and true-reject rates) on these pairs"
+    )
+    threshold_rule: Literal["balanced_accuracy"] = "balanced_accuracy"
+    far: float = Field(description="False-accept rate at threshold, on these pairs")
+    frr: float = Field(description="False-reject rate at threshold, on these pairs")
+    table: list[OperatingPoint] = Field(description="FAR and FRR by threshold, ascending")
+    roc_png: str = Field(description="Base64 PNG of the ROC curve, the threshold marked")
+    profile: str | None = Field(None, description="The profile saved (201), if one was named")
+
+
+class ProfileInfo(BaseModel):
+    name: str
+    model_version: str
+    applicable: bool = Field(description="Made with the model version that is serving")
+    threshold: float
+    far: float
+    frr: float
+    auc: float
+    eer: float
+    pairs: int
+    created_at: str
+
+
+class ProfilesResponse(ModelAnswer):
+    profiles: list[ProfileInfo]

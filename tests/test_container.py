@@ -611,3 +611,11 @@ def test_train_reads_a_read_only_mount_and_writes_a_writable_one(
     assert out is not None and not out.read_only, "train: --out must be on a writable mount"
     user = train.get("user")
     assert user is None or not is_root(default_of(str(user))), f"train: user {user} is root"
+
+
+def test_api_keeps_its_state_on_a_writable_volume(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    data_dir = environment(api).get("IMGSIM_DATA_DIR")
+    assert data_dir, "api: IMGSIM_DATA_DIR not set (threshold profiles would be lost)"
+    mount = {m.target: m for m in mounts(api)}.get(data_dir)
+    assert mount is not None and not mount.read_only, f"api: mount a writable volume at {data_dir}"

@@ -11,7 +11,15 @@ from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
 router = APIRouter(tags=["models"])
 
 # The card minus its training config (long, and of no use to a client) and the raw sha256.
-SERVER_FIELDS = {"name", "default", "precision", "inference_workers", "engine", "engines"}
+SERVER_FIELDS = {
+    "name",
+    "default",
+    "precision",
+    "precision_note",
+    "inference_workers",
+    "engine",
+    "engines",
+}
 CARD_FIELDS = set(ModelInfo.model_fields) - SERVER_FIELDS
 
 
@@ -27,6 +35,7 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
             name=name,
             default=name == registry.default,
             precision=served.precision,
+            precision_note=served.precision_note,
             inference_workers=served.batcher.workers if served.batcher else 0,
             engine=served.engine,
             engines=list(engines.loaded(served)),

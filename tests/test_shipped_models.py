@@ -45,7 +45,8 @@ def test_make_serve_store_answers_verify_on_two_digits():
 
 PRECISIONS = ("float32", "bfloat16")  # the service runs bfloat16 where the CPU has it
 # How the service may run a model: TorchScript at either precision, or model.onnx (issue 18).
-VARIANTS = (*PRECISIONS, "onnx")
+VARIANTS = (*PRECISIONS, "onnx", "onnx-int8")
+ONNX_SECTIONS = {"onnx": "onnx", "onnx-int8": "onnx_int8"}  # engine -> card field
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +57,19 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str],
     results = {}
     for name in TARGETS:
         for variant in VARIANTS:
-            if variant == "onnx" and not _serves_onnx(name):
+            if variant in ONNX_SECTIONS and not _serves(name, variant):
                 continue
             out = tmp_path_factory.mktemp(name) / f"metrics-{variant}.json"
             argv = [str(STORE / name), "--data-dir", str(DATA_DIR), "--json", str(out)]
-            how = ["--engine", "onnx"] if variant == "onnx" else ["--precision", variant]
+            how = ["--engine", variant] if variant in ONNX_SECTIONS else ["--precision", variant]
             assert evaluate([*argv, *how]) == 0
             results[name, variant] = json.loads(out.read_text())
     return results
 
 
-def _serves_onnx(name: str) -> bool:
-    return artifact.read_card(STORE / name).onnx is not None and artifact.onnxruntime_available()
+def _serves(name: str, engine: str) -> bool:
+    section = getattr(artifact.read_card(STORE / name), ONNX_SECTIONS[engine])
+    return section is not None and artifact.onnxruntime_available()
 
 
 @pytest.mark.data
@@ -89,7 +91,7 @@ def test_card_metrics_are_what_evaluation_measures(name, evaluated):
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evaluated):
     if (name, variant) not in evaluated:
-        pytest.skip(f"{name} has no ONNX engine here")
+        pytest.skip(f"{name} has no {variant} engine here")
     t = evaluated[name, variant]["test"]
     want = TARGETS[name]
     assert t["accuracy"] >= want["accuracy"], t
@@ -103,14 +105,18 @@ def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evalu
 @pytest.mark.data
 @pytest.mark.slow
 @needs_data
+@pytest.mark.parametrize("engine", sorted(ONNX_SECTIONS))
 @pytest.mark.parametrize("name", sorted(TARGETS))
-def test_onnx_card_metrics_are_what_evaluation_measures_on_that_engine(name, evaluated):
-    if (name, "onnx") not in evaluated:
-        pytest.skip(f"{name} has no ONNX engine here")
+def test_onnx_card_metrics_are_what_evaluation_measures_on_that_engine(name, engine, evaluated):
+    if (name, engine) not in evaluated:
+        pytest.skip(f"{name} has no {engine} engine here")
     card = artifact.read_card(STORE / name)
-    assert card.onnx is not None and card.onnx.max_abs_diff <= card.onnx.tolerance
-    t = evaluated[name, "onnx"]["test"]
+    section = getattr(card, ONNX_SECTIONS[engine])
+    if section.tolerance is not None:  # float32: held to model.pt per component
+        assert section.max_abs_diff <= section.tolerance
+    t = evaluated[name, engine]["test"]
     for key in ("accuracy", "roc_auc", "eer", "precision_at_1"):
-        assert card.onnx.metrics["test"][key] == pytest.approx(t[key], abs=1e-4), key
-        # within the issue-18 limits of the TorchScript reference
-        assert abs(t[key] - card.metrics["test"][key]) <= 0.003, key
+        assert section.metrics["test"][key] == pytest.approx(t[key], abs=1e-4), key
+    # issue 18's limits against the TorchScript reference (float32 ONNX: far inside them)
+    assert card.metrics["test"]["accuracy"] - t["accuracy"] <= artifact.INT8_MAX_ACCURACY_DROP
+    assert card.metrics["test"]["roc_auc"] - t["roc_auc"] <= artifact.INT8_MAX_AUC_DROP

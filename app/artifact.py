@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "model.json"
@@ -122,6 +122,22 @@ class OnnxCard(BaseModel):
         description="test metrics served by this engine (training.evaluate --engine onnx)",
     )
 
+class EmbeddingStats(BaseModel):
+    """Mean and covariance of the embeddings of a reference image set (the validation split):
+    what the drift monitor compares live traffic with (app/drift.py)."""
+
+    source: str = Field(description="which images, e.g. 'validation split'")
+    images: int = Field(ge=2)
+    mean: list[float]  # (D,)
+    covariance: list[list[float]]  # (D, D), sample covariance (ddof=1)
+
+    @model_validator(mode="after")
+    def _square(self) -> EmbeddingStats:
+        d = len(self.mean)
+        if len(self.covariance) != d or any(len(row) != d for row in self.covariance):
+            raise ValueError(f"covariance must be {d} x {d}, like the mean")
+        return self
+
 
 class ModelCard(BaseModel):
     """Everything a consumer needs to use model.pt correctly, and how it was made."""
@@ -141,6 +157,8 @@ class ModelCard(BaseModel):
     created_at: str
     torch_version: str
     sha256: str
+    # Optional: cards exported before drift monitoring have none, and keep loading.
+    embedding_stats: EmbeddingStats | None = None
     # Issue 18, both optional so older cards keep loading. ``engine`` is this model's preferred
     # engine; IMGSIM_INFERENCE_ENGINE, when not "auto", overrides it for the whole server.
     engine: EngineSetting = "auto"
@@ -328,6 +346,7 @@ def write(
     calibration: Calibration,
     metrics: dict[str, Any],
     training: dict[str, Any],
+    embedding_stats: EmbeddingStats | None = None,
 ) -> ModelCard:
     """Export ``module`` and its card; check the saved module reproduces the original."""
     model_dir = Path(model_dir)
@@ -363,13 +382,14 @@ def write(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         torch_version=torch.__version__,
         sha256=digest,
+        embedding_stats=embedding_stats,
     )
-    (model_dir / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+    write_card(model_dir, card)
     return card
 
 
 def write_card(model_dir: Path, card: ModelCard) -> None:
-    """Replace the card of an exported model (e.g. to add its ONNX engine), atomically."""
+    """Write model.json atomically: a reader never sees half a card."""
     path = Path(model_dir) / CARD_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(card.model_dump_json(indent=2) + "\n")

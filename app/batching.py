@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from app.metrics import Metrics
@@ -45,6 +46,7 @@ from app.precision import Precision, autocast
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> float32 (N, D)
+Observer = Callable[[np.ndarray], None]  # float32 (B, D) embeddings just computed
 
 
 class Overloaded(RuntimeError):
@@ -115,6 +117,9 @@ class Batcher:
         self.workers = workers
         self._idle = 0  # workers waiting for work
         self._threads: list[threading.Thread] = []
+        # Called by the worker with each batch's embeddings after its callers have them (the
+        # drift monitor, app/drift.py): its cost is off the event loop and off their latency.
+        self.observer: Observer | None = None
 
     # --- caller side (event loop) ---
 
@@ -253,6 +258,9 @@ class Batcher:
         return taken
 
     def _process(self, batch: list[_Item]) -> None:
+        # Read before the results are handed back: an observer attached once a caller has them
+        # (after the warm-up) must not see that caller's images.
+        observer = self.observer
         now = time.monotonic()
         live: list[_Item] = []
         for item in batch:
@@ -266,6 +274,8 @@ class Batcher:
             results = self._run_batch([i.x for i in live], [now - i.enqueued for i in live])
             for item, result in zip(live, results, strict=True):
                 _resolve(item, result)
+            if observer is not None:
+                self._observe(observer, results)
 
     def _run_batch(
         self, xs: list[torch.Tensor], waited_s: list[float]
@@ -299,6 +309,15 @@ class Batcher:
             self.metrics.inference_seconds.labels(self.name).observe(time.perf_counter() - started)
             self.metrics.batch_size.labels(self.name).observe(len(xs))
         return results
+
+    def _observe(self, observer: Observer, results: list[torch.Tensor | Exception]) -> None:
+        rows = [r.numpy() for r in results if isinstance(r, torch.Tensor)]
+        if not rows:
+            return
+        try:
+            observer(np.stack(rows))
+        except Exception:  # monitoring must never fail serving
+            logger.exception("batcher %s: observer failed", self.name)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.precision):

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     # State the service writes (threshold profiles, galleries); a volume in containers.
     data_dir: Path = Path("data")
 
+    # Galleries (docs/galleries.md): "" = SQLite at data_dir/galleries.db; or
+    # "postgresql://user:pass@host/db" (pgvector), which replicas can share.
+    gallery_url: str = ""
+    # A gallery of this many images or more is searched approximately (faiss HNSW in memory,
+    # pgvector HNSW in PostgreSQL), then re-ranked exactly; below it, one exact matrix product.
+    gallery_ann_min_images: int = Field(50_000, gt=0)
+
     # Request limits
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # per image part
     max_image_pixels: int = Field(40_000_000, gt=0)  # width*height, read from the header
@@ -70,6 +77,9 @@ class Settings(BaseSettings):
     max_calibrate_pairs: int = Field(5000, gt=0)  # rows of pairs.csv
     max_calibrate_total_bytes: int = Field(100 * 1024 * 1024, gt=0)  # uncompressed images read
     min_calibrate_pairs_per_label: int = Field(5, gt=0)  # same and different pairs, each
+    # /similarity/sets: images per set (two sets per request). Embedded in chunks that fit
+    # queue_max, so unlike the routes above a set need not fit the queue in one go.
+    max_set_images: int = Field(256, ge=2)
 
     # Micro-batching, per model
     batch_max_size: int = Field(32, gt=0)  # images per forward pass
@@ -101,6 +111,9 @@ class Settings(BaseSettings):
     # request whose images do not fit gets 503 + Retry-After at once.
     decode_queue_max: int = Field(256, gt=0)
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
+    # Drift monitor (app/drift.py): running embedding statistics per model cover the last
+    # window to 2x window images; 0 turns it off.
+    drift_window_images: int = Field(10_000, ge=0)
 
     # Security
     # "k1,k2", '["k1", "k2"]' or a file with one key per line; "" = no auth

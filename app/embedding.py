@@ -105,7 +105,7 @@ class _Job:
         settings = self.embedder.settings
         size = self.model.card.size
         for entry in entries:
-            entry[2] = images.pixels_to_decode(entry[0], size)
+            entry[2] = images.pixels_to_decode(entry[0], size, settings.max_image_pixels)
         total = sum(entry[2] for entry in entries)
         if total > settings.max_request_pixels:
             raise OverBudget(
@@ -219,10 +219,14 @@ class DecodePool:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while (task := self._take()) is None:
-                    if self._closing and not self._jobs:
-                        return
-                    self._cond.wait()
+                try:
+                    while (task := self._take()) is None:
+                        if self._closing and not self._jobs:
+                            return
+                        self._cond.wait()
+                except Exception:  # a bug here must not kill the thread: every request waits
+                    logger.exception("decode pool: unexpected error while scheduling")
+                    continue
             job, entry, heavy = task
             try:
                 if entry is None:
@@ -244,7 +248,7 @@ class DecodePool:
         requests in turn; call with the lock held."""
         for _ in range(len(self._jobs)):
             job = self._jobs.popleft()
-            if job.ticket.dead():  # given up: none of its images is decoded
+            if job.ticket.dead() or not job.pending:  # given up (or refused): none is decoded
                 self._queued -= len(job.pending)
                 job.pending.clear()
                 continue

@@ -105,11 +105,14 @@ def decode(
     return torch.from_numpy(np.ascontiguousarray(chw))  # (C, H, W), its own memory
 
 
-def pixels_to_decode(data: bytes, size: tuple[int, int]) -> int:
+def pixels_to_decode(data: bytes, size: tuple[int, int], max_pixels: int) -> int:
     """The pixels :func:`decode` would decode, from the header alone (a JPEG at its draft
-    scale); 0 for what decode refuses before decoding. Cheap: no pixel is read."""
+    scale); 0 for what decode refuses before decoding (over ``max_pixels``, not an image).
+    Cheap: no pixel is read."""
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            if img.size[0] * img.size[1] > max_pixels:
+                return 0
             _draft(img, size)
             return img.size[0] * img.size[1]
     except Exception:  # whatever it is, decode() refuses it without decoding

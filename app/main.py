@@ -23,13 +23,29 @@ from fastapi.responses import JSONResponse
 from torch.utils.flop_counter import FlopCounterMode
 
 from app import __version__, engines, web
-from app.api import calibrate, docs, embed, health, metrics, models, profiles, similarity, verify
+from app.api import (
+    calibrate,
+    docs,
+    drift,
+    embed,
+    galleries,
+    health,
+    metrics,
+    models,
+    profiles,
+    sets,
+    similarity,
+    verify,
+)
 from app.api.deps import RETRY_AFTER_S
 from app.api.uploads import UploadBudget
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
+from app.drift import DriftMonitor
 from app.embedding import Embedder
+from app.galleries.search import GallerySearch
+from app.galleries.store import open_store
 from app.images import OverBudget
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
@@ -53,10 +69,13 @@ far from what the model was trained on (colour vs greyscale, shape, size).
 * `POST /verify`: same or not, at the model's calibrated threshold or yours
 * `POST /similarity/one-to-many`: rank candidates against a query
 * `POST /similarity/matrix`: all pairwise distances
+* `POST /similarity/sets`: Fréchet distance between two sets of images
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
 * `POST /calibrate`: measure a model on your own labelled pairs, save a threshold profile
 * `GET /`: a web page to try it all in a browser
+* `GET /models/{model}/drift`: how far the served images are from the model's validation images
+* `/galleries`: enroll reference images once, then verify against a subject or identify 1:N
 """
 
 
@@ -92,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         for served in list(registry.models.values()):
             await _start_and_warm_up(served, registry, settings, app_metrics)
+        await _open_galleries(state, settings)
         state.phase = "ready"
         logger.info(
             "ready: serving %s (default %s); refused %s",
@@ -105,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if served.batcher is not None:
                     await served.batcher.stop()
             state.embedder.close()
+            if getattr(state, "galleries", None) is not None:
+                state.galleries.store.close()
             logger.info("stopped")
 
     app = FastAPI(
@@ -125,15 +147,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.add_docs(app)
     for router in (
         similarity.router,
+        sets.router,
         verify.router,
         embed.router,
         models.router,
+        drift.router,
         metrics.router,
         calibrate.router,
         profiles.router,
         web.api_router,
     ):
         app.include_router(router, dependencies=protected)
+    app.include_router(galleries.router, dependencies=protected)
     web.mount(app)  # the page and its static files: open, they hold no data
 
     _add_error_handlers(app)
@@ -157,7 +182,7 @@ async def _start_and_warm_up(
     )
     if fallback is not None:
         logger.warning("model %s: %s; falling back to float32", served.name, fallback)
-        served.precision_note = f"float32: {fallback}"
+        served.precision_note = fallback
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
         mflops = await asyncio.wait_for(
@@ -207,15 +232,45 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         await batcher.stop()
+        return
+    if settings.drift_window_images:  # attached after warm-up: its blank images are not traffic
+        _monitor_drift(served, batcher, settings.drift_window_images, metrics)
+
+
+async def _open_galleries(state: object, settings: Settings) -> None:
+    # A store that cannot open (PostgreSQL down, a bad URL) costs the gallery routes only
+    # (503 with the reason); /similarity and the rest still serve.
+    try:
+        store = await asyncio.to_thread(open_store, settings)
+    except Exception as e:
+        logger.error("galleries unavailable: %s", e)
+        state.galleries_error = f"the gallery store did not open ({type(e).__name__})"  # type: ignore[attr-defined]
+        return
+    state.galleries = GallerySearch(store, settings.gallery_ann_min_images)  # type: ignore[attr-defined]
+    logger.info("galleries in %s", type(store).__name__)
+
+
+def _monitor_drift(
+    served: ServedModel, batcher: Batcher, window_images: int, metrics: Metrics
+) -> None:
+    monitor = DriftMonitor(served.card, window_images)
+    served.drift = monitor
+    batcher.observer = monitor.update
+    metrics.drift_images.labels(served.name).set_function(monitor.images)
+    if monitor.reference is not None:
+        metrics.drift_frechet.labels(served.name).set_function(monitor.frechet)
 
 
 def _one_image_mflops(module: torch.nn.Module, x: torch.Tensor) -> float:
-    """MFLOP of a one-image forward pass of the TorchScript module (the ONNX engines compute the
-    same function). Counted, not timed: timings vary with the load, so the worker count is
-    decided from the FLOPs (the engine timings of app/engines.py only compare engines)."""
+    """MFLOP of a one-image float32 forward pass (convolutions and matmuls); 0 when they cannot
+    be counted, which only costs a costly model its extra workers, never its service."""
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        module(x.unsqueeze(0))
+    try:
+        with torch.inference_mode(), counter:
+            module(x.unsqueeze(0))
+    except Exception as e:
+        logger.warning("could not count the FLOPs of a forward pass: %s", e)
+        return 0.0
     return counter.get_total_flops() / 1e6
 
 

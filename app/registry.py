@@ -16,6 +16,7 @@ import torch
 from app import artifact
 from app.artifact import Engine, ModelCard, OnnxModel
 from app.batching import Batcher
+from app.drift import DriftMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class ServedModel:
     module: torch.jit.ScriptModule
     batcher: Batcher | None = None  # set by the app's lifespan
     precision_note: str | None = None  # why it does not run in the configured precision
+    drift: DriftMonitor | None = None  # set by the app's lifespan unless drift_window_images=0
     onnx: OnnxModel | None = None  # the ONNX engine, when the model has one and it loaded
     onnx_error: str | None = None  # why a model.onnx named by the card is not loaded
     onnx_int8: OnnxModel | None = None  # the int8 ONNX engine, likewise

@@ -33,8 +33,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "An upload is not a decodable image (PNG, JPEG, GIF, WebP, BMP, TIFF)",
         401: "API keys are configured and X-API-Key is missing",
         403: "X-API-Key is not one of the configured keys",
-        404: "No model by that name (or no profile by that name)",
-        409: "The named profile was calibrated on another version of the model",
+        404: "No model, profile, gallery, subject or image by that name",
+        409: "A profile or gallery made for another model version; a gallery without kept images",
         413: "An upload is over max_upload_bytes, or an image over max_image_pixels",
         422: "A field is missing or invalid",
         503: "Not ready, overloaded or timed out: retry after Retry-After seconds",
@@ -284,3 +284,149 @@ class ProfileInfo(BaseModel):
 
 class ProfilesResponse(ModelAnswer):
     profiles: list[ProfileInfo]
+
+
+class SetDistanceResponse(ModelAnswer):
+    frechet_distance: float = Field(
+        ge=0,
+        description="||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) over the two sets' "
+        "embeddings: 0 for identical sets, larger the more the sets differ",
+    )
+    n_a: int = Field(description="Images in set_a")
+    n_b: int = Field(description="Images in set_b")
+    mean_distance: float = Field(
+        ge=0, description="Mean euclidean distance over all pairs (one image of each set)"
+    )
+    dim: int = Field(description="Embedding dimension")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "mnist",
+                    "model_version": _VERSION,
+                    "frechet_distance": 0.83,
+                    "n_a": 40,
+                    "n_b": 52,
+                    "mean_distance": 1.21,
+                    "dim": 64,
+                }
+            ]
+        }
+    )
+
+
+class DriftResponse(ModelAnswer):
+    images: int = Field(description="Embeddings computed by this process the statistics cover")
+    window_images: int = Field(
+        description="The statistics cover the last window_images to 2 x window_images"
+    )
+    reference_images: int | None = Field(
+        description="Validation images behind the card's statistics; null: the card has none"
+    )
+    frechet_distance: float | None = Field(
+        description="Fréchet distance between the served embeddings and the card's validation "
+        "embeddings; null without card statistics or before 2 images"
+    )
+    mean_shift: float | None = Field(description="||mu_served - mu_validation||")
+
+
+class EnrollResponse(ModelAnswer):
+    gallery: str
+    subject: str
+    image_ids: list[int] = Field(description="Ids of the images just enrolled, in upload order")
+    images: int = Field(description="The subject's image count after this call")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "gallery": "staff",
+                    "subject": "ada",
+                    "model": "mnist",
+                    "model_version": _VERSION,
+                    "image_ids": [41, 42],
+                    "images": 5,
+                }
+            ]
+        }
+    )
+
+
+class GalleryInfo(ModelAnswer):
+    gallery: str
+    subjects: int
+    images: int
+
+
+class GalleriesResponse(BaseModel):
+    galleries: list[GalleryInfo]
+
+
+class SubjectInfo(BaseModel):
+    subject: str
+    images: int
+
+
+class SubjectsResponse(BaseModel):
+    subjects: list[SubjectInfo]
+
+
+class GalleryVerifyResponse(ModelAnswer):
+    gallery: str
+    subject: str
+    same: bool = Field(description="distance <= threshold")
+    distance: float = Field(ge=0, description="To the subject's nearest enrolled image")
+    threshold: float = Field(description="The threshold applied")
+    threshold_source: ThresholdSource = Field(
+        description="model (calibrated default), request, far or profile"
+    )
+    similarity: float = Field(ge=0, le=1, description="Calibrated P(same) for this distance")
+    image_id: int = Field(description="The subject's enrolled image nearest to the query")
+
+
+class IdentifyCandidate(BaseModel):
+    subject: str
+    distance: float = Field(ge=0, description="To this subject's nearest enrolled image")
+    similarity: float = Field(ge=0, le=1)
+    image_id: int
+
+
+class IdentifyResponse(ModelAnswer):
+    gallery: str
+    threshold: float
+    threshold_source: ThresholdSource
+    match: IdentifyCandidate | None = Field(
+        description="The nearest subject if within the threshold, else null (open set)"
+    )
+    candidates: list[IdentifyCandidate] = Field(
+        description="One per subject, nearest first, at most top_k"
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "gallery": "staff",
+                    "model": "mnist",
+                    "model_version": _VERSION,
+                    "threshold": 0.8,
+                    "threshold_source": "model",
+                    "match": {
+                        "subject": "ada",
+                        "distance": 0.3,
+                        "similarity": 0.97,
+                        "image_id": 41,
+                    },
+                    "candidates": [
+                        {"subject": "ada", "distance": 0.3, "similarity": 0.97, "image_id": 41},
+                        {"subject": "bob", "distance": 1.2, "similarity": 0.05, "image_id": 7},
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class ReembedResponse(GalleryInfo):
+    pass

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     valid = {name: valid_requests(name, corpus) for name, corpus in corpora.items()}
     first = dirs[0].name
     hostile = hostile_requests(first, corpora[first], settings.max_upload_bytes)
-    hostile += heavy_requests(first)
+    hostile += heavy_requests(first, round(args.requests * HEAVY_SHARE))
     hostile_source = (
         f"{HOSTILE_DIR} (README table)" if fixture_cases() else "generated (no fixture corpus)"
     )
@@ -276,44 +276,56 @@ def hostile_requests(model: str, corpus: Corpus, max_upload_bytes: int) -> list[
     return reqs
 
 
-def heavy_requests(model: str) -> list[Request]:
-    """Legal but heavy images, and the two that must be refused before decoding (issue 12)."""
+def heavy_requests(model: str, count: int) -> list[Request]:
+    """``count`` legal but heavy images, each distinct (the cache must not answer them), and
+    the two kinds that must be refused before decoding (issue 12)."""
     m = [("model", model)]
-    tile_bomb = tiled_tiff_bomb(64, 8192)
-    return [
+    big = sixteen_bit_png(6320)
+    reqs = [
         build_request(
             "/embed",
-            files=[("image", "big16.png", "image/png", sixteen_bit_png(6320, 0))],
+            files=[("image", "big16.png", "image/png", with_text(big, str(i)))],
             fields=m,
             label=f"{HEAVY} 40 MP 16-bit png",
             expect=frozenset({200, 503}),  # 503: its deadline passed while others were served
-        ),
+        )
+        for i in range(max(1, count))
+    ]
+    reqs.append(
         build_request(
             "/embed",
-            files=[("image", "tile.tif", "image/tiff", tile_bomb)],
+            files=[("image", "tile.tif", "image/tiff", tiled_tiff_bomb(64, 8192))],
             fields=m,
             label=f"{HEAVY} tiff tile bomb",
             expect=frozenset({413}),
-        ),
+        )
+    )
+    reqs.append(
         build_request(
             "/similarity/matrix",
-            files=[("images", f"{i}.png", "image/png", sixteen_bit_png(6320, i)) for i in range(6)],
+            files=[("images", f"{i}.png", "image/png", with_text(big, str(i))) for i in range(6)],
             fields=m,
             label=f"{HEAVY} matrix over max_request_pixels",
             expect=frozenset({413}),
-        ),
-    ]
+        )
+    )
+    return reqs
 
 
-def sixteen_bit_png(side: int, tag: int) -> bytes:
-    """A side x side all-zero 16-bit greyscale PNG, made distinct by a text chunk."""
-    from PIL import PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("n", str(tag))
+def sixteen_bit_png(side: int) -> bytes:
+    """A side x side all-zero 16-bit greyscale PNG."""
     buf = io.BytesIO()
-    Image.new("I;16", (side, side)).save(buf, "PNG", pnginfo=info)
+    Image.new("I;16", (side, side)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def with_text(png: bytes, text: str) -> bytes:
+    """``png`` with a tEXt chunk after its IHDR: the same pixels, different bytes."""
+    data = b"n\x00" + text.encode()
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
 
 
 def tiled_tiff_bomb(side: int, tile: int) -> bytes:
@@ -461,7 +473,7 @@ def mix(
     heavy = [r for r in hostile if r.label.startswith(HEAVY)]
     others = [r for r in hostile if r.label != "oversize" and r not in heavy]
     n_oversize = round(count * OVERSIZE_SHARE) if oversize else 0
-    n_heavy = max(len(heavy), round(count * HEAVY_SHARE)) if heavy else 0
+    n_heavy = round(count * HEAVY_SHARE) if heavy else 0
     n_hostile = round(count * HOSTILE_SHARE) - n_oversize - n_heavy
     n_valid = count - n_hostile - n_oversize
     pools = list(valid.values())
@@ -471,7 +483,8 @@ def mix(
     ]
     out += [others[i % len(others)] for i in range(n_hostile)]
     out += [oversize[0]] * n_oversize
-    out += [heavy[i % len(heavy)] for i in range(n_heavy)]
+    # The two refused kinds first, then the distinct heavy images (each decoded once).
+    out += [heavy[(i - 2) % len(heavy)] for i in range(n_heavy)]
     rng.shuffle(out)
     return out
 

@@ -138,3 +138,13 @@ def test_a_missed_deadline_is_counted_once_per_request(make_settings, digits):
             files = multipart_files(image_a=digits[str(i)][0], image_b=digits[str(i + 1)][0])
             assert client.post("/similarity", files=files).status_code == 503
         assert rejected(client, "deadline") == 3
+
+
+def test_a_request_over_the_pixel_budget_leaves_the_pool_working(make_settings, digits):
+    with TestClient(create_app(make_settings(max_request_pixels=28 * 28 * 3))) as client:
+        four = multipart_files(images=[digits[str(i)][0] for i in range(4)])
+        for _ in range(3):
+            r = client.post("/similarity/matrix", files=four)
+            assert r.status_code == 413 and "max_request_pixels" in r.json()["detail"]
+        three = multipart_files(images=[digits[str(i)][0] for i in range(3)])
+        assert client.post("/similarity/matrix", files=three).status_code == 200

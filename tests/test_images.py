@@ -152,13 +152,14 @@ def test_a_jpeg_claiming_a_huge_size_costs_only_its_draft():
     scan = full.index(b"\xff\xda")
     tiny = full[: scan + 2000] + b"\xff\xd9"
     assert decode(tiny, "RGB", (32, 32), max_pixels=40_000_000).shape == (3, 32, 32)
-    assert pixels_to_decode(tiny, (32, 32)) == 750 * 750
+    assert pixels_to_decode(tiny, (32, 32), 40_000_000) == 750 * 750
 
 
 def test_pixels_to_decode_reads_only_the_header():
-    assert pixels_to_decode(png(size=(40, 30)), (28, 28)) == 1200
-    assert pixels_to_decode(png(size=(40, 30))[:60], (28, 28)) == 1200  # no pixel data needed
-    assert pixels_to_decode(b"not an image", (28, 28)) == 0
+    assert pixels_to_decode(png(size=(40, 30)), (28, 28), 10_000) == 1200
+    assert pixels_to_decode(png(size=(40, 30))[:60], (28, 28), 10_000) == 1200  # header only
+    assert pixels_to_decode(png(size=(40, 30)), (28, 28), 1000) == 0  # refused unread anyway
+    assert pixels_to_decode(b"not an image", (28, 28), 10_000) == 0
 
 
 def test_sixteen_bit_conversion_needs_no_int64():

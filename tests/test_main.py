@@ -90,6 +90,7 @@ def test_openapi_describes_every_endpoint(client):
         "/similarity", "/similarity/one-to-many", "/similarity/matrix", "/calibrate",
         "/models/{model}/profiles", "/models/{model}/profiles/{name}", "/models/{model}/card",
         "/models/{model}/plots/{plot}",
+        "/similarity/sets", "/models/{model}/drift",
     }  # fmt: skip
     verify = paths["/verify"]["post"]
     assert {"400", "404", "413", "422", "503"} <= set(verify["responses"])

@@ -132,3 +132,13 @@ def test_a_csv_without_the_columns_is_refused(tmp_path):
 def _read(folder: Path, name: str) -> bytes:
     path = Path(name) if Path(name).is_absolute() else folder / name
     return path.read_bytes()
+
+
+def test_the_readme_example_runs(service, tmp_path):
+    out = tmp_path / "scores.csv"
+    done = run(ROOT / "examples" / "pairs.csv", "--url", service, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "4 of 4 pairs scored" in done.stderr
+    rows = read_rows(out)
+    assert [r["error"] for r in rows] == [""] * 4
+    assert "stored in colour" in rows[3]["warnings"]  # seven_a.png vs cat_a.jpg on mnist

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -48,14 +49,22 @@ ImageFile = Annotated[UploadFile, File(description=f"An image: {ACCEPTED}")]
 
 
 def max_files(
-    count: Callable[[Settings], int], body_bytes: Callable[[Settings], int] | None = None
+    count: Callable[[Settings], int],
+    body_bytes: Callable[[Settings], int] | None = None,
+    *,
+    over_max_parts: bool = False,
 ) -> Callable[[Endpoint], Endpoint]:
     """Declare how many image parts an endpoint accepts, e.g. ``@max_files(lambda s: 2)``, and
-    optionally its own body cap (default: ``count * max_upload_bytes`` plus slack)."""
+    optionally its own body cap (default: ``count * max_upload_bytes`` plus slack).
+
+    The form parser allows ``max_parts`` files; with ``over_max_parts`` the endpoint's own count
+    replaces that limit (/similarity/sets: two sets of up to max_set_images each).
+    """
 
     def mark(endpoint: Endpoint) -> Endpoint:
         endpoint.max_files = count  # type: ignore[attr-defined]
         endpoint.body_bytes = body_bytes  # type: ignore[attr-defined]
+        endpoint.over_max_parts = over_max_parts  # type: ignore[attr-defined]
         return endpoint
 
     return mark
@@ -100,6 +109,7 @@ class UploadRoute(APIRoute):
         if count is None:
             return handler
         body_bytes: Callable[[Settings], int] | None = getattr(self.endpoint, "body_bytes", None)
+        over_max_parts: bool = getattr(self.endpoint, "over_max_parts", False)
 
         async def capped_handler(request: Request) -> Response:
             settings: Settings = request.app.state.settings
@@ -112,7 +122,8 @@ class UploadRoute(APIRoute):
             try:
                 # Parsed here with our limits; FastAPI's request.form() then gets this cached form.
                 form = await capped.form(
-                    max_files=settings.max_parts, max_fields=settings.max_parts
+                    max_files=count(settings) if over_max_parts else settings.max_parts,
+                    max_fields=settings.max_parts,
                 )
                 _reject_empty_fields(form)
                 _reject_repeated_fields(form, repeatable=count(settings) > 2)
@@ -123,12 +134,7 @@ class UploadRoute(APIRoute):
         return capped_handler
 
 
-TEXT_FIELDS = (
-    "model",
-    "threshold",
-    "far",
-    "profile",
-)  # the optional text fields of the image endpoints
+TEXT_FIELDS = ("model", "threshold", "far", "profile", "subject", "top_k", "keep_images")
 
 
 def _reject_empty_fields(form: FormData) -> None:
@@ -148,14 +154,15 @@ def _reject_empty_fields(form: FormData) -> None:
         )
 
 
-# The fields an endpoint takes as a list (one-to-many, matrix); any other may appear once.
-LIST_FIELDS = frozenset({"candidates", "images"})
+# The fields an endpoint takes as a list (one-to-many, matrix, sets, gallery enrollment); any
+# other may appear once.
+LIST_FIELDS = frozenset({"candidates", "images", "set_a", "set_b"})
 
 
 def _reject_repeated_fields(form: FormData, repeatable: bool) -> None:
-    keys = [key for key, _ in form.multi_items()]
+    counts = Counter(key for key, _ in form.multi_items())
     repeated = sorted(
-        {k for k in keys if keys.count(k) > 1 and not (repeatable and k in LIST_FIELDS)}
+        k for k, n in counts.items() if n > 1 and not (repeatable and k in LIST_FIELDS)
     )
     if repeated:
         raise RequestValidationError(

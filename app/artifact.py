@@ -122,6 +122,7 @@ class OnnxCard(BaseModel):
         description="test metrics served by this engine (training.evaluate --engine onnx)",
     )
 
+
 class EmbeddingStats(BaseModel):
     """Mean and covariance of the embeddings of a reference image set (the validation split):
     what the drift monitor compares live traffic with (app/drift.py)."""

@@ -8,7 +8,7 @@ PORT ?= 8000
 # torch is pinned to the release that ships for this machine; pip's CPU wheel index is used in Docker.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve test lint format train train-mnist train-cifar10 train-fashion-mnist train-seeds evaluate bench bench-galleries soak docker-check clean
+.PHONY: serve test lint format train train-mnist train-cifar10 train-fashion-mnist train-seeds evaluate onnx bench bench-galleries soak docker-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ evaluate: $(VENV)/.installed-train
 	$(BIN)/python -m training.evaluate model_store/mnist --data-dir $(DATA_DIR)
 	$(BIN)/python -m training.evaluate model_store/cifar10 --data-dir $(DATA_DIR)
 	$(BIN)/python -m training.evaluate model_store/fashion-mnist --data-dir $(DATA_DIR)
+
+onnx: $(VENV)/.installed-dev  ## add model.onnx (+ model.int8.onnx where it holds accuracy) to the shipped models
+	for m in mnist cifar10; do \
+		$(BIN)/python -m training.export_onnx model_store/$$m --data-dir $(DATA_DIR) --int8 && \
+		$(BIN)/python -m training.evaluate model_store/$$m --data-dir $(DATA_DIR) --engine onnx --record \
+		|| exit 1; \
+	done
 
 bench: $(VENV)/.installed-dev  ## speed/memory goals (issue 5); writes benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.run --data-dir $(DATA_DIR)

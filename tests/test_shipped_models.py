@@ -96,21 +96,32 @@ def test_shipped_card_is_its_preset_and_says_how_it_was_made(name):
 
 
 PRECISIONS = ("float32", "bfloat16")  # the service runs bfloat16 where the CPU has it
+# How the service may run a model: TorchScript at either precision, or model.onnx (issue 18).
+VARIANTS = (*PRECISIONS, "onnx", "onnx-int8")
+ONNX_SECTIONS = {"onnx": "onnx", "onnx-int8": "onnx_int8"}  # engine -> card field
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
-    """`python -m training.evaluate` on each shipped model at each precision, once per session."""
+    """`python -m training.evaluate` on each shipped model in each variant, once per session."""
     from training.evaluate import main as evaluate
 
     results = {}
     for name in SHIPPED:
-        for precision in PRECISIONS:
-            out = tmp_path_factory.mktemp(name) / f"metrics-{precision}.json"
+        for variant in VARIANTS:
+            if variant in ONNX_SECTIONS and not _serves(name, variant):
+                continue
+            out = tmp_path_factory.mktemp(name) / f"metrics-{variant}.json"
             argv = [str(STORE / name), "--data-dir", str(DATA_DIR), "--json", str(out)]
-            assert evaluate([*argv, "--precision", precision]) == 0
-            results[name, precision] = json.loads(out.read_text())
+            how = ["--engine", variant] if variant in ONNX_SECTIONS else ["--precision", variant]
+            assert evaluate([*argv, *how]) == 0
+            results[name, variant] = json.loads(out.read_text())
     return results
+
+
+def _serves(name: str, engine: str) -> bool:
+    section = getattr(artifact.read_card(STORE / name), ONNX_SECTIONS[engine])
+    return section is not None and artifact.onnxruntime_available()
 
 
 @pytest.mark.data
@@ -131,10 +142,12 @@ def test_card_metrics_are_what_evaluation_measures(name, evaluated):
 @pytest.mark.data
 @pytest.mark.slow
 @needs_data
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_model_meets_its_targets_on_the_test_folder(name, precision, evaluated):
-    t = evaluated[name, precision]["test"]
+def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evaluated):
+    if (name, variant) not in evaluated:
+        pytest.skip(f"{name} has no {variant} engine here")
+    t = evaluated[name, variant]["test"]
     want = TARGETS[name]
     assert t["accuracy"] >= want["accuracy"], t
     assert t["roc_auc"] >= want["roc_auc"], t
@@ -146,3 +159,23 @@ def test_shipped_model_meets_its_targets_on_the_test_folder(name, precision, eva
     cost = card.metrics.get("train_cpu_seconds") if threads == 1 else None
     assert (cost or card.metrics["train_seconds"]) <= want["train_seconds"]
     assert (STORE / name / "model.pt").stat().st_size < 20 * 1024 * 1024
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@needs_data
+@pytest.mark.parametrize("engine", sorted(ONNX_SECTIONS))
+@pytest.mark.parametrize("name", SHIPPED)
+def test_onnx_card_metrics_are_what_evaluation_measures_on_that_engine(name, engine, evaluated):
+    if (name, engine) not in evaluated:
+        pytest.skip(f"{name} has no {engine} engine here")
+    card = artifact.read_card(STORE / name)
+    section = getattr(card, ONNX_SECTIONS[engine])
+    if section.tolerance is not None:  # float32: held to model.pt per component
+        assert section.max_abs_diff <= section.tolerance
+    t = evaluated[name, engine]["test"]
+    for key in ("accuracy", "roc_auc", "eer", "precision_at_1"):
+        assert section.metrics["test"][key] == pytest.approx(t[key], abs=1e-4), key
+    # issue 18's limits against the TorchScript reference (float32 ONNX: far inside them)
+    assert card.metrics["test"]["accuracy"] - t["accuracy"] <= artifact.INT8_MAX_ACCURACY_DROP
+    assert card.metrics["test"]["roc_auc"] - t["roc_auc"] <= artifact.INT8_MAX_AUC_DROP

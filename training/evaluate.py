@@ -4,6 +4,7 @@
     python -m training.evaluate model_store/cifar10 --data-dir ../shared/data --plots runs/eval
     python -m training.evaluate model_store/signatures --dataset folder:/data/new-signatures \
         --pairs 2000                          # a whole folder of your own labelled images
+    python -m training.evaluate model_store/cifar10 --engine onnx --record   # into card.onnx
 
 Pairs are fixed-seed balanced pairs (each test image once with a same-class partner, once with a
 different-class one), so numbers are comparable run to run and model to model. With classes held
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,14 +32,17 @@ PAIR_SEED = 1234  # fixed: every evaluation of every model sees the same test pa
 
 @torch.inference_mode()
 def embed_all(
-    module: torch.nn.Module,
+    module: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     batch_size: int = 500,
     precision: Precision = "float32",
 ) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, D) float32, in eval mode, in batches, at ``precision``."""
+    """(N, C, H, W) uint8 -> (N, D) float32, in eval mode, in batches, at ``precision``.
+
+    ``module`` may also be any engine called the same way (app.artifact.OnnxModel)."""
     was_training = getattr(module, "training", False)
-    module.eval()
+    if isinstance(module, torch.nn.Module):
+        module.eval()
     with autocast(precision):
         batches = [module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     out = torch.cat(batches)
@@ -224,12 +229,37 @@ def main(argv: list[str] | None = None) -> int:
         help="run the model as the service does with IMGSIM_INFERENCE_PRECISION "
         "(app/precision.py); choices: float32, bfloat16 (default: %(default)s)",
     )
+    p.add_argument(
+        "--engine",
+        choices=["torchscript", "onnx", "onnx-int8"],
+        default="torchscript",
+        help="run model.pt, or model.onnx / model.int8.onnx on ONNX Runtime "
+        "(IMGSIM_INFERENCE_ENGINE; default: %(default)s)",
+    )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="--engine onnx[-int8]: write the test metrics into the card's onnx[_int8] section",
+    )
     args = p.parse_args(argv)
     if args.plots is not None and args.plots.resolve() == args.model_dir.resolve():
         p.error(f"--plots {args.plots} would rewrite the model's own plots; choose another folder")
+    if args.engine != "torchscript" and args.precision != "float32":
+        p.error("the ONNX engines ignore --precision; drop it")
+    if args.record and args.engine == "torchscript":
+        p.error("--record is for --engine onnx (model.pt's metrics are written at export)")
+    if args.record and (args.dataset or args.threshold or args.pairs):
+        p.error("--record keeps the card's own test set, pairs and threshold")
 
-    art = artifact.load(args.model_dir)
+    art = artifact.load(args.model_dir, onnx=args.engine != "torchscript")
     card = art.card
+    engine = art.module
+    if args.engine != "torchscript":
+        int8 = args.engine == "onnx-int8"
+        onnx, error = (art.onnx_int8, art.onnx_int8_error) if int8 else (art.onnx, art.onnx_error)
+        if onnx is None:
+            p.error(error or f"{args.model_dir} has no {args.engine} engine (training.export_onnx)")
+        engine = onnx
     cfg = card.training
     own = args.dataset is None or args.dataset == card.dataset
     fraction = args.test_fraction
@@ -241,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     threshold = args.threshold or card.threshold
-    emb = embed_all(art.module, test.images, precision=args.precision)
+    emb = embed_all(engine, test.images, precision=args.precision)
     excluded = (cfg.get("exclude_classes") or []) if own else []
     metrics = compute_metrics(emb, test.labels, threshold, classes, excluded, args.pairs)
     if args.few_shot:
@@ -255,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics["precision"] = args.precision
     metrics["dataset"] = args.dataset or card.dataset
     metrics["images"] = len(test)
+    metrics["engine"] = args.engine
+    if args.record:
+        section = card.onnx_int8 if args.engine == "onnx-int8" else card.onnx
+        assert section is not None
+        section.metrics = {"test": metrics["test"], "threshold": threshold}
+        artifact.write_card(args.model_dir, card)
     if args.plots is not None:
         from training import plots
 

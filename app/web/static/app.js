@@ -380,10 +380,11 @@ const gpath = (gallery, ...rest) =>
   ["/galleries", gallery, ...rest].map((part, i) => (i ? encodeURIComponent(part) : part))
     .join("/");
 
-function item(text, onDelete, onPick) {
+// One line of a listing: "name: details [delete]"; the name picks the entry when onPick is given.
+function item(name, details, onDelete, onPick) {
   const li = document.createElement("li");
   const label = document.createElement(onPick ? "button" : "span");
-  label.textContent = text;
+  label.textContent = name;
   if (onPick) {
     label.type = "button";
     label.className = "link";
@@ -392,7 +393,7 @@ function item(text, onDelete, onPick) {
   const remove = Object.assign(document.createElement("button"),
     { type: "button", textContent: "delete" });
   remove.addEventListener("click", guarded(onDelete));
-  li.append(label, remove);
+  li.append(label, `: ${details}`, remove);
   return li;
 }
 
@@ -404,7 +405,7 @@ async function loadGalleries() {
   if (!galleries.length) list.append(Object.assign(document.createElement("li"),
     { textContent: "none yet: enroll some images" }));
   for (const g of galleries) {
-    list.append(item(`${g.gallery}: model ${g.model} v${g.model_version}, ${g.subjects} ` +
+    list.append(item(g.gallery, `model ${g.model} version ${g.model_version}, ${g.subjects} ` +
       `subject(s), ${g.images} image(s)`, async () => {
       await api(gpath(g.gallery), { method: "DELETE" });
       if (state.gallery === g.gallery) state.gallery = null;
@@ -436,7 +437,7 @@ async function loadSubjects(gallery) {
   if (!gallery) return;
   const { subjects } = await api(gpath(gallery, "subjects"));
   for (const s of subjects) {
-    list.append(item(`${s.subject}: ${s.images} image(s)`, async () => {
+    list.append(item(s.subject, `${s.images} image(s)`, async () => {
       await api(gpath(gallery, "subjects", s.subject), { method: "DELETE" });
       await loadGalleries();
     }));
@@ -455,13 +456,14 @@ async function enroll(event) {
   form.append("model", $("enroll-model").value);
   form.append("keep_images", $("keep-images").checked ? "true" : "false");
   $("enroll-submit").disabled = true;
+  $("enrolled").textContent = "";  // a failed call must not leave the last success on show
   try {
     const a = await api(gpath(gallery, "subjects", subject, "images"),
       { method: "POST", body: form });
     clearError();
     $("enrolled").textContent = `Enrolled ${a.image_ids.length} image(s) of '${a.subject}' in ` +
-      `'${a.gallery}' (model ${a.model} v${a.model_version}): ids ${a.image_ids.join(", ")}; ` +
-      `the subject now has ${a.images}.`;
+      `'${a.gallery}' (model ${a.model} version ${a.model_version}): ` +
+      `ids ${a.image_ids.join(", ")}; the subject now has ${a.images}.`;
     state.gallery = a.gallery;
     await loadGalleries();
   } finally {
@@ -494,7 +496,7 @@ async function identify(event) {
     match.textContent = a.match ? a.match.subject : "no match";
     match.className = `verdict ${a.match ? "same" : "different"}`;
     $("identify-summary").textContent = `threshold ${fmt(a.threshold)} (${a.threshold_source}), ` +
-      `model ${a.model} v${a.model_version}; nearest subject first`;
+      `model ${a.model} version ${a.model_version}; nearest subject first`;
     $("identify-candidates").replaceChildren(...a.candidates.map((c) => Object.assign(
       document.createElement("li"), { textContent: `${c.subject}: distance ${fmt(c.distance)}, ` +
         `similarity ${pct(c.similarity)} (nearest image ${c.image_id})` })));

@@ -88,6 +88,11 @@ def test_openapi_describes_every_endpoint(client):
     assert set(paths) == {
         "/healthz", "/readyz", "/models", "/metrics", "/embed", "/verify",
         "/similarity", "/similarity/one-to-many", "/similarity/matrix",
+        "/galleries", "/galleries/{gallery}", "/galleries/{gallery}/subjects",
+        "/galleries/{gallery}/subjects/{subject}", "/galleries/{gallery}/subjects/{subject}/images",
+        "/galleries/{gallery}/subjects/{subject}/images/{image_id}",
+        "/galleries/{gallery}/verify", "/galleries/{gallery}/identify",
+        "/galleries/{gallery}/reembed",
     }  # fmt: skip
     verify = paths["/verify"]["post"]
     assert {"400", "404", "413", "422", "503"} <= set(verify["responses"])

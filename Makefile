@@ -8,7 +8,7 @@ PORT ?= 8000
 # torch is pinned to the release that ships for this machine; pip's CPU wheel index is used in Docker.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve test lint format train-mnist train-cifar10 train-seeds evaluate bench soak docker-check clean
+.PHONY: serve test lint format train-mnist train-cifar10 train-seeds evaluate bench bench-galleries soak docker-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ evaluate: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev  ## speed/memory goals (issue 5); writes benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.run --data-dir $(DATA_DIR)
+
+bench-galleries: $(VENV)/.installed-dev  ## gallery search at 10k/100k/1M: exact, faiss, pgvector
+	$(BIN)/python -m benchmarks.galleries
 
 soak: $(VENV)/.installed-dev  ## 20,000 mixed valid/hostile requests against a real uvicorn
 	$(BIN)/python -m benchmarks.soak --data-dir $(DATA_DIR)

@@ -19,7 +19,10 @@ from types import FrameType
 import uvicorn
 
 from app.config import Settings
+from app.connections import uvicorn_options
 from app.observability import configure_logging
+
+WORKER_HEALTHCHECK_S = 120
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=settings.workers)
     args = parser.parse_args(argv)
 
-    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    configure_logging(
+        json_logs=settings.log_json,
+        level=settings.log_level,
+        queue_max=settings.log_queue_max,
+        flush_timeout_s=settings.log_flush_timeout_s,
+    )
     # uvicorn re-raises the SIGTERM it handled once it has shut down; without a handler of ours
     # that would kill the process with status -15 after a perfectly clean shutdown.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -41,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "access_log": False,  # app.observability writes one access line per request
         # In-flight requests get their own deadline plus a margin, then are cancelled.
         "timeout_graceful_shutdown": math.ceil(settings.request_timeout_s) + 5,
+        **uvicorn_options(settings),  # header size and timeouts, open connections
     }
     # Worker processes build their Settings from the environment: tell them how many there
     # are, so each takes its share of the cores for inference (Settings.inference_workers_for).
@@ -48,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers > 1:
             # Each worker process builds its own app (and loads every model) from IMGSIM_*.
-            uvicorn.run("app.main:create_app", factory=True, workers=args.workers, **options)
+            # The supervisor pings each worker and kills one that does not answer in time; a
+            # worker loading and warming up its models on a busy machine holds the GIL for
+            # seconds at a stretch, and uvicorn's 5 s default killed every one in a loop.
+            uvicorn.run(
+                "app.main:create_app",
+                factory=True,
+                workers=args.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+                **options,
+            )
         else:
             # Imported here: with --workers the supervisor process never needs torch (~700 MB).
             from app.main import create_app

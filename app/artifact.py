@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "model.json"
@@ -53,7 +53,15 @@ class Calibration(BaseModel):
     method: Literal["logistic"] = "logistic"
     intercept: float
     slope: float = Field(lt=0, description="negative: larger distance, less likely the same")
-    table: list[ThresholdRate] = Field(default_factory=list)
+    # How P(same) and the threshold agree (issue 14): "threshold" = the balanced-accuracy threshold
+    # is chosen first and the map is fitted with intercept = -slope * threshold, so P = 0.5 there.
+    # None: an older card whose free two-parameter fit need not cross 0.5 at the threshold.
+    anchor: Literal["threshold"] | None = Field(
+        None, description="threshold: fitted so that P(same) = 0.5 exactly at the card's threshold"
+    )
+    table: list[ThresholdRate] = Field(
+        default_factory=list, description="validation FAR/FRR by threshold, ascending"
+    )
 
     def probability(self, distance: float) -> float:
         z = self.intercept + self.slope * distance
@@ -62,6 +70,23 @@ class Calibration(BaseModel):
             return 1.0 / (1.0 + math.exp(-z))
         e = math.exp(z)
         return e / (1.0 + e)
+
+
+class EmbeddingStats(BaseModel):
+    """Mean and covariance of the embeddings of a reference image set (the validation split):
+    what the drift monitor compares live traffic with (app/drift.py)."""
+
+    source: str = Field(description="which images, e.g. 'validation split'")
+    images: int = Field(ge=2)
+    mean: list[float]  # (D,)
+    covariance: list[list[float]]  # (D, D), sample covariance (ddof=1)
+
+    @model_validator(mode="after")
+    def _square(self) -> EmbeddingStats:
+        d = len(self.mean)
+        if len(self.covariance) != d or any(len(row) != d for row in self.covariance):
+            raise ValueError(f"covariance must be {d} x {d}, like the mean")
+        return self
 
 
 class ModelCard(BaseModel):
@@ -82,6 +107,8 @@ class ModelCard(BaseModel):
     created_at: str
     torch_version: str
     sha256: str
+    # Optional: cards exported before drift monitoring have none, and keep loading.
+    embedding_stats: EmbeddingStats | None = None
 
     @property
     def mode(self) -> Literal["L", "RGB"]:
@@ -111,7 +138,7 @@ def sha256_file(path: Path) -> str:
 @contextmanager
 def _quiet_torchscript_deprecation() -> Iterator[None]:
     # torch>=2.14 warns that torch.jit is deprecated. The product ships TorchScript on purpose
-    # (see DEVELOPERS.md); silence exactly that warning, here only.
+    # (docs/serving.md, Why TorchScript); silence exactly that warning, here only.
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
@@ -187,6 +214,7 @@ def write(
     calibration: Calibration,
     metrics: dict[str, Any],
     training: dict[str, Any],
+    embedding_stats: EmbeddingStats | None = None,
 ) -> ModelCard:
     """Export ``module`` and its card; check the saved module reproduces the original."""
     model_dir = Path(model_dir)
@@ -220,6 +248,15 @@ def write(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         torch_version=torch.__version__,
         sha256=digest,
+        embedding_stats=embedding_stats,
     )
-    (model_dir / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+    write_card(model_dir, card)
     return card
+
+
+def write_card(model_dir: Path, card: ModelCard) -> None:
+    """Write model.json atomically: a reader never sees half a card."""
+    path = Path(model_dir) / CARD_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(card.model_dump_json(indent=2) + "\n")
+    tmp.replace(path)

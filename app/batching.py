@@ -4,6 +4,13 @@
     emb = await batcher.embed(x)             # x: uint8 (C, H, W) -> float32 (D,)
     await batcher.stop()                     # finishes what is queued, then joins the workers
 
+One way in, whoever the caller: :meth:`Batcher.submit` queues images under a :class:`Ticket`
+(the request's deadline, and whether it was abandoned) from any thread, and
+:meth:`Batcher.wait` awaits their futures; ``embed``/``embed_many`` are just the two together.
+``wait`` is the one place a deadline is turned into DeadlineExceeded and counted, and the one
+that marks the ticket abandoned, which workers (and the decode pool) read before any work:
+a worker thread never reads an asyncio future, which only its loop may touch.
+
 Each model has its own queue and ``workers`` threads (Settings.inference_workers); a worker takes
 whatever is queued (up to max_batch_size) and runs it at once, in the model's precision
 (app/precision.py). A lone request never waits for company; a worker only lingers up to
@@ -28,7 +35,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 from app.metrics import Metrics
@@ -37,6 +46,7 @@ from app.precision import Precision, autocast
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> float32 (N, D)
+Observer = Callable[[np.ndarray], None]  # float32 (B, D) embeddings just computed
 
 
 class Overloaded(RuntimeError):
@@ -58,13 +68,27 @@ class ShuttingDown(Overloaded):
 
 
 @dataclass(eq=False)
+class Ticket:
+    """One request's claim on the service's threads: until when it waits, and whether its
+    caller has given up. Shared by all its images; read by the threads before each piece of
+    work (decode, forward pass), written only by :meth:`Batcher.wait` (a plain attribute:
+    safe to read from any thread)."""
+
+    deadline: float  # time.monotonic()
+    abandoned: bool = field(default=False)
+
+    def dead(self, now: float | None = None) -> bool:
+        """Abandoned or past its deadline: work for it is wasted."""
+        return self.abandoned or (time.monotonic() if now is None else now) > self.deadline
+
+
+@dataclass(eq=False)
 class _Item:
     x: torch.Tensor  # (C, H, W) uint8
     future: asyncio.Future[torch.Tensor]
     loop: asyncio.AbstractEventLoop
     enqueued: float  # time.monotonic()
-    deadline: float  # time.monotonic()
-    abandoned: bool = field(default=False)  # set by the caller on timeout/cancel: skip the work
+    ticket: Ticket
 
 
 class Batcher:
@@ -93,6 +117,9 @@ class Batcher:
         self.workers = workers
         self._idle = 0  # workers waiting for work
         self._threads: list[threading.Thread] = []
+        # Called by the worker with each batch's embeddings after its callers have them (the
+        # drift monitor, app/drift.py): its cost is off the event loop and off their latency.
+        self.observer: Observer | None = None
 
     # --- caller side (event loop) ---
 
@@ -130,40 +157,47 @@ class Batcher:
     ) -> list[torch.Tensor]:
         """Several images in order; all are queued at once or none is (QueueFull)."""
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + 3600 if deadline is None else deadline
-        items = [_Item(x, loop.create_future(), loop, time.monotonic(), deadline) for x in xs]
-        with self._cond:
-            self._enqueue(items)
-        try:
-            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
-                return list(await asyncio.gather(*(item.future for item in items)))
-        except (TimeoutError, DeadlineExceeded):
-            self.count_rejected(DeadlineExceeded.reason)
-            raise DeadlineExceeded(
-                f"model '{self.name}' did not answer in time; retry later"
-            ) from None
-        finally:
-            for item in items:  # timed out, cancelled or a batch-mate failed: drop the rest
-                if not item.future.done():
-                    item.abandoned = True
-                    item.future.cancel()
+        ticket = Ticket(time.monotonic() + 3600 if deadline is None else deadline)
+        futures = [loop.create_future() for _ in xs]
+        self.submit(xs, futures, loop, ticket)
+        return await self.wait(futures, ticket)
 
     def submit(
         self,
         xs: Sequence[torch.Tensor],
         futures: Sequence[asyncio.Future[torch.Tensor]],
         loop: asyncio.AbstractEventLoop,
-        deadline: float,
+        ticket: Ticket,
     ) -> None:
-        """From any thread (the decode pool): queue ``xs``, their embeddings to arrive in
-        ``futures`` (created on ``loop``), without a round trip through the event loop.
-
-        Raises ShuttingDown or QueueFull like :meth:`embed_many`.
-        """
+        """From any thread (the decode pool, or the loop itself): queue ``xs``, their
+        embeddings to arrive in ``futures`` (created on ``loop``), without a round trip through
+        the event loop. All are queued or none: raises ShuttingDown or QueueFull."""
         now = time.monotonic()
-        items = [_Item(x, f, loop, now, deadline) for x, f in zip(xs, futures, strict=True)]
+        items = [_Item(x, f, loop, now, ticket) for x, f in zip(xs, futures, strict=True)]
         with self._cond:
             self._enqueue(items)
+
+    async def wait(self, futures: Sequence[asyncio.Future[Any]], ticket: Ticket) -> list[Any]:
+        """The results of ``futures`` (on the running loop), in order, by ``ticket.deadline``.
+
+        The one place a deadline becomes DeadlineExceeded (whether the caller's timer or a
+        worker noticed it first) and is counted. Whatever ends the wait early (the deadline, a
+        failed future, cancellation) abandons the ticket, so queued work for it is skipped.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + (ticket.deadline - time.monotonic())):
+                return list(await asyncio.gather(*futures))
+        except (TimeoutError, DeadlineExceeded):
+            self.count_rejected(DeadlineExceeded.reason)
+            raise DeadlineExceeded(
+                f"model '{self.name}' did not answer in time; retry later"
+            ) from None
+        finally:
+            if not all(f.done() for f in futures):
+                ticket.abandoned = True
+                for f in futures:
+                    f.cancel()
 
     def _enqueue(self, items: list[_Item]) -> None:
         """Queue all of ``items`` or none; call with ``self._cond`` held."""
@@ -224,12 +258,15 @@ class Batcher:
         return taken
 
     def _process(self, batch: list[_Item]) -> None:
+        # Read before the results are handed back: an observer attached once a caller has them
+        # (after the warm-up) must not see that caller's images.
+        observer = self.observer
         now = time.monotonic()
         live: list[_Item] = []
         for item in batch:
-            if item.abandoned or item.future.done():  # the caller gave up on it
+            if item.ticket.abandoned:  # the caller gave up on it
                 continue
-            if now > item.deadline:
+            if now > item.ticket.deadline:  # counted by the caller's Batcher.wait
                 _resolve(item, DeadlineExceeded(f"model '{self.name}' did not answer in time"))
                 continue
             live.append(item)
@@ -237,6 +274,8 @@ class Batcher:
             results = self._run_batch([i.x for i in live], [now - i.enqueued for i in live])
             for item, result in zip(live, results, strict=True):
                 _resolve(item, result)
+            if observer is not None:
+                self._observe(observer, results)
 
     def _run_batch(
         self, xs: list[torch.Tensor], waited_s: list[float]
@@ -270,6 +309,15 @@ class Batcher:
             self.metrics.inference_seconds.labels(self.name).observe(time.perf_counter() - started)
             self.metrics.batch_size.labels(self.name).observe(len(xs))
         return results
+
+    def _observe(self, observer: Observer, results: list[torch.Tensor | Exception]) -> None:
+        rows = [r.numpy() for r in results if isinstance(r, torch.Tensor)]
+        if not rows:
+            return
+        try:
+            observer(np.stack(rows))
+        except Exception:  # monitoring must never fail serving
+            logger.exception("batcher %s: observer failed", self.name)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.precision):

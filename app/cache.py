@@ -1,7 +1,9 @@
 """Embedding cache: a re-sent image costs neither a decode nor a forward pass.
 
-Keyed by (model version, sha256 of the uploaded bytes): the version is the sha256 prefix of
-model.pt, so new weights never see old embeddings. Bounded LRU, counted in entries.
+Keyed by (model version, partition, sha256 of the uploaded bytes): the version is the sha256
+prefix of model.pt, so new weights never see old embeddings; the partition is the API key's
+(app/security.py), so one key cannot learn from a hit, or its latency, that another key sent a
+file. Bounded LRU, counted in entries.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from app.metrics import Metrics
 
-Key = tuple[str, str]  # (model version, sha256 hex of the image bytes)
+Key = tuple[str, str, str]  # (model version, partition, sha256 hex of the image bytes)
 
 
 class EmbeddingCache:

@@ -20,8 +20,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.precision import PrecisionSetting
 
-# A model this slow per image is worth a worker per core (see Settings.inference_workers).
-SPLIT_MIN_FORWARD_MS = 2.0
+# A model this costly per image is worth a worker per core (see Settings.inference_workers).
+# Between the shipped ones: mnist 39 MFLOP (one worker), cifar10 473 (with its flip TTA).
+SPLIT_MIN_MFLOPS = 100.0
 
 
 def usable_cores(root: Path = Path("/")) -> int:
@@ -123,12 +124,46 @@ class Settings(BaseSettings):
     # State the service writes (threshold profiles, galleries); a volume in containers.
     data_dir: Path = Path("data")
 
+    # Galleries (docs/galleries.md): "" = SQLite at data_dir/galleries.db; or
+    # "postgresql://user:pass@host/db" (pgvector), which replicas can share.
+    gallery_url: str = ""
+    # A gallery of this many images or more is searched approximately (faiss HNSW in memory,
+    # pgvector HNSW in PostgreSQL), then re-ranked exactly; below it, one exact matrix product.
+    gallery_ann_min_images: int = Field(50_000, gt=0)
+
     # Request limits
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # per image part
     max_image_pixels: int = Field(40_000_000, gt=0)  # width*height, read from the header
     max_parts: int = Field(70, gt=0)  # multipart files per request (and text fields, separately)
     max_candidates: int = Field(64, gt=0)  # /similarity/one-to-many candidates
     max_matrix_images: int = Field(64, ge=2)  # /similarity/matrix images
+    # Pixels (as declared by the headers, after a JPEG's draft scaling) that one request may
+    # have decoded in total: five images at max_image_pixels. One matrix of 64 40 MP images was
+    # 70 s of CPU and 1.9 GB (issue 12); beyond it the request gets 413 naming this setting.
+    max_request_pixels: int = Field(200_000_000, gt=0)
+    # Request bodies held in memory (or spooled to /tmp, RAM in a container) across all requests
+    # at once, counted as they are read; beyond it 503 + Retry-After. A request alone is always
+    # admitted up to its own cap (files x max_upload_bytes), so the largest one still works.
+    upload_budget_bytes: int = Field(256 * 1024 * 1024, gt=0)
+
+    # Connections (docs/security.md). Used by `python -m app`, which runs uvicorn's h11 server
+    # with these limits; the header timeout and the body timeouts are ours.
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; then 431/close
+    header_timeout_s: float = Field(10.0, gt=0)  # to send the request line and all headers
+    body_idle_timeout_s: float = Field(10.0, gt=0)  # longest pause between two body chunks
+    body_timeout_s: float = Field(60.0, gt=0)  # to send a whole upload (10 MB at 1.4 Mbit/s)
+    keep_alive_s: int = Field(5, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(512, gt=0)  # open connections per process; then 503
+    # POST /calibrate: a zip of pairs.csv + images. Each image is also held to max_upload_bytes;
+    # the caps bound memory against zip bombs (declared sizes are checked, then enforced on read).
+    max_calibrate_zip_bytes: int = Field(50 * 1024 * 1024, gt=0)  # the upload itself
+    max_calibrate_entries: int = Field(2000, gt=0)  # files in the zip
+    max_calibrate_pairs: int = Field(5000, gt=0)  # rows of pairs.csv
+    max_calibrate_total_bytes: int = Field(100 * 1024 * 1024, gt=0)  # uncompressed images read
+    min_calibrate_pairs_per_label: int = Field(5, gt=0)  # same and different pairs, each
+    # /similarity/sets: images per set (two sets per request). Embedded in chunks that fit
+    # queue_max, so unlike the routes above a set need not fit the queue in one go.
+    max_set_images: int = Field(256, ge=2)
 
     # Micro-batching, per model
     batch_max_size: int = Field(32, gt=0)  # images per forward pass
@@ -137,30 +172,44 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0)  # decode + queue + inference; then 503
 
     # Inference: each model gets `inference_workers` threads taking batches off its queue, each
-    # running the forward pass on `torch_threads` cores. One thread per worker on purpose: on a
-    # busy 2-core box a two-thread torch (OpenMP) team waits at every barrier for the core the
-    # event loop holds, where two single-threaded workers just share the cores (A/B runs on
-    # this project's 2-core machine, cifar10 at concurrency 32: 268 vs 235 pairs/s).
+    # running the forward pass on `torch_threads` cores. One torch thread per worker: on a busy
+    # box a torch (OpenMP) team waits at every barrier for the core the event loop holds, where
+    # single-threaded workers just share the cores (measurements: docs/serving.md).
     # 0 workers = auto: cores / (processes x torch_threads) for a model whose one-image forward
-    # takes at least SPLIT_MIN_FORWARD_MS, else 1; for a tiny model the hand-offs between
-    # workers cost more than the second core gives back (mnist: 610 pairs/s with 1, 456 with 2).
+    # pass costs at least SPLIT_MIN_MFLOPS (counted once at start-up, so the same model gets
+    # the same count on every start), else 1: for a small model the hand-offs between workers
+    # cost more than a second core gives back.
     torch_threads: int = Field(1, gt=0)
     inference_workers: int = Field(0, ge=0)
     # Number format of the forward pass (app/precision.py): "auto" = bfloat16 on a CPU that
-    # computes it natively (the cifar10 tower 1.4-1.8x as fast at batch 32-64, the same test
-    # accuracy), else float32.
+    # computes it natively, else float32; a model whose card records a bfloat16 accuracy loss
+    # over 0.5 points runs in float32 regardless.
     inference_precision: PrecisionSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
+    # Images waiting for a decode thread across requests (app/embedding.py DecodePool); a
+    # request whose images do not fit gets 503 + Retry-After at once.
+    decode_queue_max: int = Field(256, gt=0)
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
+    # Drift monitor (app/drift.py): running embedding statistics per model cover the last
+    # window to 2x window images; 0 turns it off.
+    drift_window_images: int = Field(10_000, ge=0)
 
     # Security
     # "k1,k2", '["k1", "k2"]' or a file with one key per line; "" = no auth
     api_keys: SecretStr = SecretStr("")
+    # Keys that may also read /metrics (same formats as api_keys). With any key configured,
+    # /metrics is for these only: its counters (cache hits) would tell one client about another's
+    # uploads. No keys at all: /metrics is open, like the rest.
+    admin_keys: SecretStr = SecretStr("")
     cors_origins: Annotated[list[str], NoDecode] = []  # "https://a,https://b"; [] = CORS off
 
     # Process (used by `python -m app`)
     log_json: bool = True  # one JSON object per log line
     log_level: str = "INFO"
+    # Log records waiting for the writer thread; beyond it records are dropped and counted (a
+    # stderr nobody reads must not grow the process), and the exit flush waits at most this long.
+    log_queue_max: int = Field(10_000, gt=0)
+    log_flush_timeout_s: float = Field(2.0, gt=0)
     host: str = "127.0.0.1"  # containers: IMGSIM_HOST=0.0.0.0
     port: int = Field(8000, gt=0, lt=65536)
     workers: int = Field(1, gt=0)  # uvicorn processes; each loads every model
@@ -179,31 +228,40 @@ class Settings(BaseSettings):
     def _one_request_fits_the_queue(self) -> Settings:
         # A request queues all its images at once; more than queue_max could never be served.
         largest = max(self.max_matrix_images, self.max_candidates + 1)
-        if self.queue_max < largest:
-            raise ValueError(
-                f"queue_max ({self.queue_max}) must be >= {largest}, the largest request"
-            )
+        for name in ("queue_max", "decode_queue_max"):
+            if getattr(self, name) < largest:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be >= {largest}, the largest request"
+                )
         return self
 
-    def inference_workers_for(self, forward_ms: float) -> int:
-        """Inference workers for a model whose one-image forward pass takes ``forward_ms``."""
+    def inference_workers_for(self, mflops: float) -> int:
+        """Inference workers for a model whose one-image forward pass costs ``mflops``."""
         if self.inference_workers:
             return self.inference_workers
-        if forward_ms < SPLIT_MIN_FORWARD_MS:
+        if mflops < SPLIT_MIN_MFLOPS:
             return 1
         return max(1, usable_cores() // (self.workers * self.torch_threads))
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys: a JSON list, a file with one key per line, or comma-separated."""
-        raw = self.api_keys.get_secret_value().strip()
-        if not raw:
-            return frozenset()
-        if raw.startswith("["):
-            keys = json.loads(raw)
-            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-                raise ValueError("IMGSIM_API_KEYS: a JSON value must be a list of strings")
-        elif "," not in raw and Path(raw).is_file():
-            keys = [k for k in Path(raw).read_text().splitlines() if not k.startswith("#")]
-        else:
-            keys = raw.split(",")
-        return frozenset(k.strip() for k in keys if k.strip())
+        return _parse_keys(self.api_keys, "IMGSIM_API_KEYS")
+
+    def admin_key_set(self) -> frozenset[str]:
+        """Keys that may read /metrics (and call everything else)."""
+        return _parse_keys(self.admin_keys, "IMGSIM_ADMIN_KEYS")
+
+
+def _parse_keys(secret: SecretStr, variable: str) -> frozenset[str]:
+    raw = secret.get_secret_value().strip()
+    if not raw:
+        return frozenset()
+    if raw.startswith("["):
+        keys = json.loads(raw)
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"{variable}: a JSON value must be a list of strings")
+    elif "," not in raw and Path(raw).is_file():
+        keys = [k for k in Path(raw).read_text().splitlines() if not k.startswith("#")]
+    else:
+        keys = raw.split(",")
+    return frozenset(k.strip() for k in keys if k.strip())

@@ -3,6 +3,11 @@
     embedder = Embedder(settings, cache, metrics)
     embs = await embedder.embed(model, [data_a, data_b])  # [Tensor (D,) | ImageError, ...]
 
+Decoding runs in a DecodePool (round robin across requests, heavy images on at most all but
+one thread, bounded, dropping the images of a request that gave up); the decoded image goes
+straight from its decode thread to the model's batcher, and both stages check the request's
+Ticket before working for it.
+
 Bad images come back as ImageError values in their place, so /similarity/one-to-many can report
 a broken candidate without failing the call; the routes decide what to tell the client.
 """
@@ -11,22 +16,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from app import images
-from app.batching import DeadlineExceeded
+from app.batching import QueueFull, ShuttingDown, Ticket
 from app.cache import EmbeddingCache
 from app.config import Settings
-from app.images import ImageError
+from app.images import ImageError, OverBudget
 from app.metrics import Metrics
 from app.registry import ServedModel
+
+logger = logging.getLogger(__name__)
+
+Outcome = torch.Tensor | ImageError  # what a blob's future resolves to (or a queued embedding)
 
 
 class Embedder:
@@ -34,98 +46,255 @@ class Embedder:
         self.settings = settings
         self.cache = cache
         self.metrics = metrics
-        self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.pool = DecodePool(settings.decode_threads, settings.decode_queue_max, metrics)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
 
     async def embed(
-        self, model: ServedModel, blobs: Sequence[bytes]
+        self, model: ServedModel, blobs: Sequence[bytes], partition: str = ""
     ) -> list[torch.Tensor | ImageError]:
         """One embedding (D,) or ImageError per blob, in order.
 
         The whole call (decode + queue + forward) must finish within request_timeout_s, else
-        DeadlineExceeded; QueueFull/ShuttingDown come from the batcher.
+        DeadlineExceeded; QueueFull/ShuttingDown come from the decode pool or the batcher, and
+        OverBudget when the images together declare more than max_request_pixels.
+        ``partition`` keeps one API key's cache entries from another's (see app/security.py).
         """
-        assert model.batcher is not None, "model is not being served"
+        batcher = model.batcher
+        assert batcher is not None, "model is not being served"
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        # Each pool job hashes, looks up, decodes and queues its images to the batcher itself:
-        # the event loop hands off once and is woken once, each hop about as dear as a small
-        # model's forward pass.
+        ticket = Ticket(time.monotonic() + self.settings.request_timeout_s)
         unique, where = _distinct(blobs)
-        chunk = max(2, -(-len(unique) // self.settings.decode_threads))
-        chunks = [unique[i : i + chunk] for i in range(0, len(unique), chunk)]
-        futures = [[loop.create_future() for _ in c] for c in chunks]
-        jobs = [
-            loop.run_in_executor(self.pool, self._prepare, model, c, f, loop, deadline)
-            for c, f in zip(chunks, futures, strict=True)
-        ]
-        try:
-            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
-                prepared = [p for job in await asyncio.gather(*jobs) for p in job]
-                queued = [value for _, value in prepared if isinstance(value, asyncio.Future)]
-                if queued:
-                    await asyncio.gather(*queued)
-        except TimeoutError:
-            model.batcher.count_rejected(DeadlineExceeded.reason)
-            raise DeadlineExceeded(
-                f"model '{model.name}' did not answer in time; retry later"
-            ) from None
-        finally:
-            for f in (f for fs in futures for f in fs):  # timed out or failed: drop the rest
-                if not f.done():
-                    f.cancel()
-
-        done: list[torch.Tensor | ImageError] = []
-        for digest, value in prepared:
-            if isinstance(value, asyncio.Future):
-                value = value.result()
-                self.cache.put((model.card.version, digest), value)
-            done.append(value)
+        futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in unique]
+        job = _Job(self, model, partition, loop, ticket)
+        job.pending.extend([data, future, 0] for data, future in zip(unique, futures, strict=True))
+        self.pool.put(job)  # QueueFull at once when too many images wait for a decode thread
+        done: list[Outcome] = await batcher.wait(futures, ticket)
+        for future, key in job.queued_keys.items():
+            self.cache.put(key, future.result())
         return [done[i] for i in where]
 
-    def _prepare(
-        self,
-        model: ServedModel,
-        blobs: Sequence[bytes],
-        futures: Sequence[asyncio.Future[torch.Tensor]],
-        loop: asyncio.AbstractEventLoop,
-        deadline: float,
-    ) -> list[tuple[str, torch.Tensor | ImageError | asyncio.Future[torch.Tensor]]]:
-        """In a pool thread, per blob: (sha256, embedding | ImageError | future of its queued
-        embedding)."""
-        assert model.batcher is not None
-        out: list[tuple[str, torch.Tensor | ImageError | asyncio.Future[torch.Tensor]]] = []
-        xs: list[torch.Tensor] = []
-        fs: list[asyncio.Future[torch.Tensor]] = []
-        for data, future in zip(blobs, futures, strict=True):
-            digest = hashlib.sha256(data).hexdigest()
-            cached = self.cache.get((model.card.version, digest), model.name)
-            if cached is not None:
-                out.append((digest, cached))
-                continue
-            decoded = self._decode(model, data)
-            if isinstance(decoded, torch.Tensor):
-                xs.append(decoded)
-                fs.append(future)
-                out.append((digest, future))
-            else:
-                out.append((digest, decoded))
-        if xs:
-            model.batcher.submit(xs, fs, loop, deadline)  # the futures resolve on the loop
-        return out
 
-    def _decode(self, model: ServedModel, data: bytes) -> torch.Tensor | ImageError:
+# An image of more pixels than this is heavy: it waits while the decode threads that may take
+# heavy images are busy (DecodePool). A 12 MP phone JPEG drafts to 0.19 MP; a 2000x2000 PNG is
+# about 40 ms of decode on this project's machine, a 40 M pixel one about a second.
+LIGHT_PIXELS = 4_000_000
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request's images waiting for the decode pool."""
+
+    embedder: Embedder
+    model: ServedModel
+    partition: str
+    loop: asyncio.AbstractEventLoop
+    ticket: Ticket
+    # [bytes, future, pixels to decode]: pixels filled in by survey(), before any decode.
+    pending: deque[list[Any]] = field(default_factory=deque)
+    surveyed: bool = False  # survey() ran; set and read under the pool's lock
+    surveying: bool = False
+    # Futures handed to the batcher, with their cache keys: cached once the request succeeds.
+    queued_keys: dict[asyncio.Future[Outcome], tuple[str, str, str]] = field(default_factory=dict)
+
+    def survey(self, entries: list[list[Any]]) -> None:
+        """In a decode thread, before any of the request's images is decoded: read every
+        header, note the pixels each will cost, and refuse the whole request (OverBudget) if
+        together they are over max_request_pixels, at the cost of reading headers only."""
+        settings = self.embedder.settings
+        size = self.model.card.size
+        for entry in entries:
+            entry[2] = images.pixels_to_decode(entry[0], size, settings.max_image_pixels)
+        total = sum(entry[2] for entry in entries)
+        if total > settings.max_request_pixels:
+            raise OverBudget(
+                f"the images of this request declare {total} pixels in total, over the limit "
+                f"of {settings.max_request_pixels} (max_request_pixels); send fewer or smaller "
+                "images"
+            )
+
+    def run(self, data: bytes, future: asyncio.Future[Outcome]) -> None:
+        """In a decode thread: hash, look up, decode and queue one blob to the batcher; its
+        future gets the embedding (from the batcher) or an ImageError (from here)."""
+        model, embedder = self.model, self.embedder
+        key = (model.card.version, self.partition, hashlib.sha256(data).hexdigest())
+        cached = embedder.cache.get(key, model.name)
+        if cached is not None:
+            _settle(self.loop, future, cached)
+            return
         started = time.perf_counter()
         try:
-            return images.decode(
-                data, model.card.mode, model.card.size, self.settings.max_image_pixels
+            x = images.decode(
+                data, model.card.mode, model.card.size, embedder.settings.max_image_pixels
             )
         except ImageError as e:
-            return e
+            _settle(self.loop, future, e)
+            return
         finally:
-            self.metrics.decode_seconds.labels(model.name).observe(time.perf_counter() - started)
+            embedder.metrics.decode_seconds.labels(model.name).observe(
+                time.perf_counter() - started
+            )
+        assert model.batcher is not None
+        self.queued_keys[future] = key  # before the batcher may resolve it
+        try:  # the batcher resolves the blob's future itself, on the loop
+            model.batcher.submit([x], [future], self.loop, self.ticket)  # type: ignore[list-item]
+        except (QueueFull, ShuttingDown) as e:
+            _settle(self.loop, future, e, fail=True)
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Outcome],
+    value: Outcome | Exception,
+    fail: bool = False,
+) -> None:
+    """From a thread: resolve ``future`` on its loop with a value, or (``fail``) an exception."""
+
+    def settle() -> None:
+        if future.done():
+            return
+        if fail:
+            assert isinstance(value, BaseException)
+            future.set_exception(value)
+        else:
+            future.set_result(value)  # type: ignore[arg-type]
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody waits
+        pass
+
+
+class DecodePool:
+    """Threads that decode uploads, taking one image at a time from each request in turn.
+
+    Round robin, not first come first served: a request of 64 huge images no longer holds
+    every thread until it is done (issue 12). Before its first decode, a request's headers are
+    surveyed (_Job.survey): over max_request_pixels, it is refused whole. Images over
+    LIGHT_PIXELS are heavy, and at most ``threads - 1`` threads decode heavy images at once, so
+    small images from other clients always find a thread. A request that has given up (its
+    Ticket abandoned or past its deadline) loses its waiting images before they are decoded. At
+    most ``queue_max`` images wait across requests; beyond it a request is refused whole
+    (QueueFull, 503).
+    """
+
+    def __init__(self, threads: int, queue_max: int, metrics: Metrics | None = None) -> None:
+        self.queue_max = queue_max
+        self.metrics = metrics
+        self.heavy_max = max(1, threads - 1)
+        self._heavy_running = 0
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0  # images waiting across jobs
+        self._cond = threading.Condition()
+        self._closing = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"decode-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def put(self, job: _Job) -> None:
+        if not job.pending:
+            return
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the service is shutting down")
+            if self._queued + len(job.pending) > self.queue_max:
+                if self.metrics is not None:
+                    self.metrics.rejected.labels(job.model.name, "decode_queue_full").inc()
+                raise QueueFull(
+                    f"{self._queued} images are waiting to be decoded "
+                    f"(limit {self.queue_max}); retry later"
+                )
+            self._queued += len(job.pending)
+            self._jobs.append(job)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                try:
+                    while (task := self._take()) is None:
+                        if self._closing and not self._jobs:
+                            return
+                        self._cond.wait()
+                except Exception:  # a bug here must not kill the thread: every request waits
+                    logger.exception("decode pool: unexpected error while scheduling")
+                    continue
+            job, entry, heavy = task
+            try:
+                if entry is None:
+                    self._survey(job)
+                else:
+                    job.run(entry[0], entry[1])
+            except Exception as e:  # a bug here must not kill the thread and hang the request
+                logger.exception("decode pool: unexpected error")
+                if entry is not None:
+                    _settle(job.loop, entry[1], e, fail=True)
+            finally:
+                if heavy:
+                    with self._cond:
+                        self._heavy_running -= 1
+                        self._cond.notify_all()
+
+    def _take(self) -> tuple[_Job, list[Any] | None, bool] | None:
+        """The next piece of work (job, its image entry or None to survey it, heavy?), taking
+        requests in turn; call with the lock held."""
+        for _ in range(len(self._jobs)):
+            job = self._jobs.popleft()
+            if job.ticket.dead() or not job.pending:  # given up (or refused): none is decoded
+                self._queued -= len(job.pending)
+                job.pending.clear()
+                continue
+            if not job.surveyed:
+                if not job.surveying:
+                    job.surveying = True
+                    self._jobs.append(job)
+                    return job, None, False
+                self._jobs.append(job)  # another thread is reading its headers
+                continue
+            heavy = job.pending[0][2] > LIGHT_PIXELS
+            if heavy and self._heavy_running >= self.heavy_max:
+                self._jobs.append(job)
+                continue
+            entry = job.pending.popleft()
+            self._queued -= 1
+            if job.pending:
+                self._jobs.append(job)  # to the back: the other requests go first
+            if heavy:
+                self._heavy_running += 1
+            return job, entry, heavy
+        return None
+
+    def _survey(self, job: _Job) -> None:
+        with self._cond:
+            entries = list(job.pending)
+        try:
+            job.survey(entries)
+        except OverBudget as e:  # the whole request fails; none of its images is decoded
+            with self._cond:
+                self._queued -= len(job.pending)
+                job.pending.clear()
+            _settle(job.loop, entries[0][1], e, fail=True)
+        finally:
+            with self._cond:
+                job.surveyed, job.surveying = True, False
+                self._cond.notify_all()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Finish the images of live requests, then stop the threads."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _distinct(blobs: Sequence[bytes]) -> tuple[list[bytes], list[int]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,19 +20,39 @@ import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-from app import __version__
-from app.api import embed, health, metrics, models, similarity, verify
+from app import __version__, web
+from app.api import (
+    calibrate,
+    docs,
+    drift,
+    embed,
+    galleries,
+    health,
+    metrics,
+    models,
+    profiles,
+    sets,
+    similarity,
+    verify,
+)
 from app.api.deps import RETRY_AFTER_S
+from app.api.uploads import UploadBudget
 from app.batching import Batcher, Overloaded
 from app.cache import EmbeddingCache
 from app.config import Settings
+from app.drift import DriftMonitor
 from app.embedding import Embedder
+from app.galleries.search import GallerySearch
+from app.galleries.store import open_store
+from app.images import OverBudget
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
 from app.precision import Precision, autocast
+from app.precision import for_card as precision_for_card
 from app.precision import resolve as resolve_precision
+from app.profiles import ProfileStore
 from app.registry import Registry, ServedModel
 from app.security import APIKeyMiddleware, add_cors, api_key_scheme
 
@@ -43,41 +62,52 @@ WARM_UP_TIMEOUT_S = 120.0
 
 DESCRIPTION = """
 Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
-TIFF); every answer names the model and its version.
+TIFF); every answer names the model and its version, and carries `warnings` when an upload is
+far from what the model was trained on (colour vs greyscale, shape, size).
 
 * `POST /similarity`: distance and calibrated P(same) of two images
 * `POST /verify`: same or not, at the model's calibrated threshold or yours
 * `POST /similarity/one-to-many`: rank candidates against a query
 * `POST /similarity/matrix`: all pairwise distances
+* `POST /similarity/sets`: Fréchet distance between two sets of images
 * `POST /embed`: the embedding itself
 * `GET /models`: what each model expects, its threshold and calibration
+* `POST /calibrate`: measure a model on your own labelled pairs, save a threshold profile
+* `GET /`: a web page to try it all in a browser
+* `GET /models/{model}/drift`: how far the served images are from the model's validation images
+* `/galleries`: enroll reference images once, then verify against a subject or identify 1:N
 """
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
-    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    configure_logging(
+        json_logs=settings.log_json,
+        level=settings.log_level,
+        queue_max=settings.log_queue_max,
+        flush_timeout_s=settings.log_flush_timeout_s,
+    )
     app_metrics = Metrics()
     api_keys = settings.api_key_set()
+    admin_keys = settings.admin_key_set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.phase = "starting"
         torch.set_num_threads(settings.torch_threads)
-        # Pillow only warns between 1x and 2x its own pixel limit; make that an error, which
-        # app.images reports as 413 (its own, lower max_image_pixels check comes first anyway).
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         # Fail at boot, not on the first request; a broken model is refused, the rest serve.
         registry = await asyncio.to_thread(
             Registry.load, settings.model_store, settings.default_model
         )
         state.registry = registry
+        state.profiles = ProfileStore(settings.data_dir / "profiles")
         state.embedder = Embedder(
             settings, EmbeddingCache(settings.cache_entries, app_metrics), app_metrics
         )
         for served in list(registry.models.values()):
             await _start_and_warm_up(served, registry, settings, app_metrics)
+        await _open_galleries(state, settings)
         state.phase = "ready"
         logger.info(
             "ready: serving %s (default %s); refused %s",
@@ -91,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if served.batcher is not None:
                     await served.batcher.stop()
             state.embedder.close()
+            if getattr(state, "galleries", None) is not None:
+                state.galleries.store.close()
             logger.info("stopped")
 
     app = FastAPI(
@@ -98,22 +130,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # app/api/docs.py serves /docs without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
+    app.state.upload_budget = UploadBudget(settings.upload_budget_bytes)
     app.state.phase = "starting"
 
-    protected = [Security(api_key_scheme)] if api_keys else []
+    protected = [Security(api_key_scheme)] if api_keys or admin_keys else []
     app.include_router(health.router)
-    for router in (similarity.router, verify.router, embed.router, models.router, metrics.router):
+    docs.add_docs(app)
+    for router in (
+        similarity.router,
+        sets.router,
+        verify.router,
+        embed.router,
+        models.router,
+        drift.router,
+        metrics.router,
+        calibrate.router,
+        profiles.router,
+        web.api_router,
+    ):
         app.include_router(router, dependencies=protected)
+    app.include_router(galleries.router, dependencies=protected)
+    web.mount(app)  # the page and its static files: open, they hold no data
 
     _add_error_handlers(app)
 
     # add_middleware wraps: the last added runs first. Request id and access log outermost, so
     # even a 401 or a CORS refusal is logged with its id.
-    if api_keys:
-        app.add_middleware(APIKeyMiddleware, keys=api_keys)
+    if api_keys or admin_keys:
+        app.add_middleware(APIKeyMiddleware, keys=api_keys, admin_keys=admin_keys)
     instrument(app, app_metrics)
     add_cors(app, settings)
     app.add_middleware(RequestContextMiddleware)
@@ -124,11 +173,17 @@ async def _start_and_warm_up(
     served: ServedModel, registry: Registry, settings: Settings, metrics: Metrics
 ) -> None:
     card = served.card
-    precision = resolve_precision(settings.inference_precision)
+    precision, fallback = precision_for_card(
+        resolve_precision(settings.inference_precision), card.metrics
+    )
+    if fallback is not None:
+        logger.warning("model %s: %s; falling back to float32", served.name, fallback)
+        served.precision_note = fallback
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
-        forward_ms = await asyncio.wait_for(
-            asyncio.to_thread(_one_image_ms, served.module, blank, precision), WARM_UP_TIMEOUT_S
+        forward_ms, mflops = await asyncio.wait_for(
+            asyncio.to_thread(_measure_one_image, served.module, blank, precision),
+            WARM_UP_TIMEOUT_S,
         )
     except Exception as e:
         _refuse(served, registry, e)
@@ -141,13 +196,14 @@ async def _start_and_warm_up(
         queue_max=settings.queue_max,
         metrics=metrics,
         precision=precision,
-        workers=settings.inference_workers_for(forward_ms),
+        workers=settings.inference_workers_for(mflops),
     )
     batcher.start()
     served.batcher = batcher
     logger.info(
-        "model %s: one image in %.1f ms at %s; %d inference worker(s) x %d torch thread(s)",
-        served.name, forward_ms, precision, batcher.workers, settings.torch_threads,
+        "model %s: %.0f MFLOP and %.1f ms per image at %s; %d inference worker(s) x %d torch "
+        "thread(s)",
+        served.name, mflops, forward_ms, precision, batcher.workers, settings.torch_threads,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + WARM_UP_TIMEOUT_S
@@ -158,18 +214,61 @@ async def _start_and_warm_up(
     except Exception as e:
         _refuse(served, registry, e)
         await batcher.stop()
+        return
+    if settings.drift_window_images:  # attached after warm-up: its blank images are not traffic
+        _monitor_drift(served, batcher, settings.drift_window_images, metrics)
 
 
-def _one_image_ms(module: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
-    """The best of a few one-image forward passes, in ms; the first ones also warm TorchScript
-    up (it profiles and optimises on its first calls)."""
+async def _open_galleries(state: object, settings: Settings) -> None:
+    # A store that cannot open (PostgreSQL down, a bad URL) costs the gallery routes only
+    # (503 with the reason); /similarity and the rest still serve.
+    try:
+        store = await asyncio.to_thread(open_store, settings)
+    except Exception as e:
+        logger.error("galleries unavailable: %s", e)
+        state.galleries_error = f"the gallery store did not open ({type(e).__name__})"  # type: ignore[attr-defined]
+        return
+    state.galleries = GallerySearch(store, settings.gallery_ann_min_images)  # type: ignore[attr-defined]
+    logger.info("galleries in %s", type(store).__name__)
+
+
+def _monitor_drift(
+    served: ServedModel, batcher: Batcher, window_images: int, metrics: Metrics
+) -> None:
+    monitor = DriftMonitor(served.card, window_images)
+    served.drift = monitor
+    batcher.observer = monitor.update
+    metrics.drift_images.labels(served.name).set_function(monitor.images)
+    if monitor.reference is not None:
+        metrics.drift_frechet.labels(served.name).set_function(monitor.frechet)
+
+
+def _measure_one_image(
+    module: torch.nn.Module, x: torch.Tensor, precision: Precision
+) -> tuple[float, float]:
+    """(ms, MFLOP) of a one-image forward pass. The ms, the best of a few passes whose first
+    ones also warm TorchScript up (it profiles and optimises on its first calls), is only
+    logged: it varies with the load, so the worker count is decided from the FLOPs."""
     best = float("inf")
     with torch.inference_mode(), autocast(precision):
         for _ in range(4):
             started = time.perf_counter()
             module(x.unsqueeze(0))
             best = min(best, time.perf_counter() - started)
-    return best * 1000
+    return best * 1000, _one_image_mflops(module, x)
+
+
+def _one_image_mflops(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """MFLOP of a one-image float32 forward pass (convolutions and matmuls); 0 when they cannot
+    be counted, which only costs a costly model its extra workers, never its service."""
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.inference_mode(), counter:
+            module(x.unsqueeze(0))
+    except Exception as e:
+        logger.warning("could not count the FLOPs of a forward pass: %s", e)
+        return 0.0
+    return counter.get_total_flops() / 1e6
 
 
 def _refuse(served: ServedModel, registry: Registry, error: Exception) -> None:
@@ -187,6 +286,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(OverBudget)
+    async def over_budget(request: Request, exc: OverBudget) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=413)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:

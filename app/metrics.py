@@ -10,7 +10,7 @@ or run one worker per container.
 from __future__ import annotations
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as instrumentation
 
@@ -52,6 +52,18 @@ class Metrics:
             "Requests refused for capacity: queue_full, deadline, shutting_down",
             ["model", "reason"],
             registry=r,
+        )
+        # Bound per model to its app/drift.py monitor (app/main.py) and computed when scraped,
+        # from statistics the inference workers keep up to date.
+        self.drift_frechet = Gauge(
+            "imgsim_drift_frechet",
+            "Frechet distance between the embeddings served and the model card's validation "
+            "embeddings (NaN until 2 images, or without card statistics)",
+            ["model"],
+            registry=r,
+        )
+        self.drift_images = Gauge(
+            "imgsim_drift_images", "Embeddings imgsim_drift_frechet covers", ["model"], registry=r
         )
 
 

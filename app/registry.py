@@ -16,6 +16,7 @@ import torch
 from app import artifact
 from app.artifact import ModelCard
 from app.batching import Batcher
+from app.drift import DriftMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class ServedModel:
     card: ModelCard
     module: torch.jit.ScriptModule
     batcher: Batcher | None = None  # set by the app's lifespan
+    precision_note: str | None = None  # why it does not run in the configured precision
+    drift: DriftMonitor | None = None  # set by the app's lifespan unless drift_window_images=0
 
 
 class Registry:

@@ -12,11 +12,19 @@
   stand-ins when it is absent (empty, text named .png, random bytes, truncated PNG and JPEG, SVG,
   HTML); always a 40000x40000 all-zero PNG (deflate-streamed, ~200 KB), an upload one byte over
   max_upload_bytes, bad thresholds (NaN, inf, -1, "abc", ""), an unknown model, an invalid model
-  name, missing fields and an empty body.
+  name, missing fields and an empty body;
+* heavy ones (issue 12), rarer: a legal 6320x6320 16-bit PNG (40 M pixels, ~80 KB; 200, or 503
+  when its deadline passes under load), a TIFF whose one tile is 8192x8192 in a 64x64 image
+  (413) and a matrix of six such PNGs, over max_request_pixels (413);
+* slow clients beside the load (issue 12): connections that send half their headers, and bodies
+  trickled a byte a second; each must be closed by the server (header_timeout_s,
+  body_idle_timeout_s / body_timeout_s), none answered 200.
 
-Targets: no 5xx, no dropped connection or client error, every request answered with its expected
-status, server RSS growth from after warm-up to the end under 10%, the server still ready at the
-end and exiting cleanly. Exits 1 when one is missed; writes the "soak" section of RESULTS.md.
+Targets: no 5xx (but the 503 a heavy image may get), no dropped connection or client error,
+every request answered with its expected status, server RSS growth from after warm-up to the
+end under 10% and its peak under RSS_PEAK_OVER_START_MB above the start, every slow client cut
+off, the server still ready at the end and exiting cleanly. Exits 1 when one is missed; writes
+the "soak" section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import socket
 import struct
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
@@ -44,7 +54,11 @@ HOSTILE_DIR = FIXTURES / "hostile"
 OK = frozenset({200})
 HOSTILE_SHARE = 0.3  # of all requests
 OVERSIZE_SHARE = 0.0025  # of all requests; each is a 10 MB upload
+HEAVY_SHARE = 0.0025  # of all requests; each is a 40 M pixel decode (about 1 s of CPU)
 RSS_GROWTH_MAX = 0.10
+# Heavy images are decoded a few at a time (decode_threads), each under ~0.5 GB while decoding.
+RSS_PEAK_OVER_START_MB = 1024
+HEAVY = "heavy"  # label prefix of the heavy requests
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -95,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     valid = {name: valid_requests(name, corpus) for name, corpus in corpora.items()}
     first = dirs[0].name
     hostile = hostile_requests(first, corpora[first], settings.max_upload_bytes)
+    hostile += heavy_requests(first, round(args.requests * HEAVY_SHARE))
     hostile_source = (
         f"{HOSTILE_DIR} (README table)" if fixture_cases() else "generated (no fixture corpus)"
     )
@@ -109,12 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server log in {run_dir}", flush=True)
 
     server = Server.start("soak-service", service_cmd(), env, run_dir)
+    slow = SlowClients(server.port, settings)
     try:
         warm = run_load("127.0.0.1", server.port, warmup, args.concurrency, count=len(warmup))
         time.sleep(0.5)
         with RssSampler(server.pid, interval_s=0.5) as rss:
             rss_start = rss.last
             started = time.perf_counter()
+            slow.start()
             result = run_load(
                 "127.0.0.1",
                 server.port,
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 count=len(load),
                 timeout_s=args.timeout,
             )
+            slow.stop()
             elapsed = time.perf_counter() - started
         time.sleep(1.0)
         rss_end = rss.sample()
@@ -136,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     checks = targets(result, warm, rss_start, rss_end, ready, exit_status, log_errors)
+    checks += slow_targets(slow, rss_start, rss.peak)
     markdown = render(
         result,
         args,
@@ -257,6 +276,157 @@ def hostile_requests(model: str, corpus: Corpus, max_upload_bytes: int) -> list[
     return reqs
 
 
+def heavy_requests(model: str, count: int) -> list[Request]:
+    """``count`` legal but heavy images, each distinct (the cache must not answer them), and
+    the two kinds that must be refused before decoding (issue 12)."""
+    m = [("model", model)]
+    big = sixteen_bit_png(6320)
+    reqs = [
+        build_request(
+            "/embed",
+            files=[("image", "big16.png", "image/png", with_text(big, str(i)))],
+            fields=m,
+            label=f"{HEAVY} 40 MP 16-bit png",
+            expect=frozenset({200, 503}),  # 503: its deadline passed while others were served
+        )
+        for i in range(max(1, count))
+    ]
+    reqs.append(
+        build_request(
+            "/embed",
+            files=[("image", "tile.tif", "image/tiff", tiled_tiff_bomb(64, 8192))],
+            fields=m,
+            label=f"{HEAVY} tiff tile bomb",
+            expect=frozenset({413}),
+        )
+    )
+    reqs.append(
+        build_request(
+            "/similarity/matrix",
+            files=[("images", f"{i}.png", "image/png", with_text(big, str(i))) for i in range(6)],
+            fields=m,
+            label=f"{HEAVY} matrix over max_request_pixels",
+            expect=frozenset({413}),
+        )
+    )
+    return reqs
+
+
+def sixteen_bit_png(side: int) -> bytes:
+    """A side x side all-zero 16-bit greyscale PNG."""
+    buf = io.BytesIO()
+    Image.new("I;16", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def with_text(png: bytes, text: str) -> bytes:
+    """``png`` with a tEXt chunk after its IHDR: the same pixels, different bytes."""
+    data = b"n\x00" + text.encode()
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def tiled_tiff_bomb(side: int, tile: int) -> bytes:
+    """A side x side greyscale TIFF stored as one deflated tile x tile tile of zeros."""
+    z = zlib.compressobj(9)
+    deflated = b"".join([*(z.compress(bytes(tile)) for _ in range(tile)), z.flush()])
+    entries = [  # (tag, type LONG=4 / SHORT=3, value)
+        (256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1),
+        (322, 4, tile), (323, 4, tile), (324, 4, 8), (325, 4, len(deflated)),
+    ]  # fmt: skip
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in entries)
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8 + len(deflated)) + deflated + ifd
+
+
+class SlowClients:
+    """Beside the load, in a thread: rounds of connections that send half their headers, or a
+    body a byte a second. Counts how many the server cut off (closed, or answered 408) and how
+    many it kept past every timeout."""
+
+    HALF_HEADERS = 20  # per round
+    TRICKLED = 4
+
+    def __init__(self, port: int, settings: Settings) -> None:
+        self.port = port
+        # A connection still open this long after its last byte was not cut off.
+        self.patience_s = 3 * max(settings.header_timeout_s, settings.body_timeout_s) + 5
+        self.cut_off = 0
+        self.kept = 0
+        self.answered_200 = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="slow-clients")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            socks = []
+            for i in range(self.HALF_HEADERS + self.TRICKLED):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                    if i < self.HALF_HEADERS:
+                        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: soak\r\n")
+                    else:
+                        sock.sendall(
+                            b"POST /embed HTTP/1.1\r\nHost: soak\r\nContent-Length: 100000\r\n"
+                            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+                        )
+                    socks.append((sock, i >= self.HALF_HEADERS))
+                except OSError:
+                    continue
+            self._watch(socks)
+
+    def _watch(self, socks: list[tuple[socket.socket, bool]]) -> None:
+        give_up = time.monotonic() + self.patience_s
+        open_ = dict(socks)
+        while open_ and time.monotonic() < give_up:
+            for sock, trickles in list(open_.items()):
+                try:
+                    if trickles:
+                        sock.sendall(b"x")
+                    sock.settimeout(0.05)
+                    answer = sock.recv(1024)
+                except (TimeoutError, BlockingIOError):
+                    continue
+                except OSError:  # reset or broken pipe: closed by the server
+                    answer = b""
+                if answer.startswith(b"HTTP/1.1 200"):
+                    self.answered_200 += 1
+                self.cut_off += 1
+                del open_[sock]
+                sock.close()
+            time.sleep(1.0)
+        self.kept += len(open_)
+        for sock in open_:
+            sock.close()
+
+
+def slow_targets(slow: SlowClients, rss_start: int, rss_peak: int) -> list[tuple[str, str, str]]:
+    over_mb = (rss_peak - rss_start) / MB
+    return [
+        (
+            "PASS" if slow.kept == 0 and slow.answered_200 == 0 and slow.cut_off else "FAIL",
+            "every slow client cut off",
+            f"{slow.cut_off} cut off, {slow.kept} kept past {slow.patience_s:.0f} s, "
+            f"{slow.answered_200} answered 200",
+        ),
+        (
+            "PASS" if over_mb < RSS_PEAK_OVER_START_MB else "FAIL",
+            f"RSS peak < start + {RSS_PEAK_OVER_START_MB} MB",
+            f"peak {rss_peak / MB:.0f} MB, {over_mb:+.0f} MB over the start",
+        ),
+    ]
+
+
 def generated_files(corpus: Corpus) -> list[tuple[str, str, str, bytes]]:
     """Stand-ins for the fixture corpus: (label, file name, content type, bytes)."""
     rng = random.Random(1)
@@ -300,9 +470,11 @@ def mix(
     """``count`` requests: valid ones cycling through every model's pairs, hostile ones evenly
     over their kinds (the 10 MB upload rarer), in a seeded random order."""
     oversize = [r for r in hostile if r.label == "oversize"]
-    others = [r for r in hostile if r.label != "oversize"]
+    heavy = [r for r in hostile if r.label.startswith(HEAVY)]
+    others = [r for r in hostile if r.label != "oversize" and r not in heavy]
     n_oversize = round(count * OVERSIZE_SHARE) if oversize else 0
-    n_hostile = round(count * HOSTILE_SHARE) - n_oversize
+    n_heavy = round(count * HEAVY_SHARE) if heavy else 0
+    n_hostile = round(count * HOSTILE_SHARE) - n_oversize - n_heavy
     n_valid = count - n_hostile - n_oversize
     pools = list(valid.values())
     out = [
@@ -311,6 +483,8 @@ def mix(
     ]
     out += [others[i % len(others)] for i in range(n_hostile)]
     out += [oversize[0]] * n_oversize
+    # The two refused kinds first, then the distinct heavy images (each decoded once).
+    out += [heavy[(i - 2) % len(heavy)] for i in range(n_heavy)]
     rng.shuffle(out)
     return out
 
@@ -332,10 +506,16 @@ def targets(
         checks.append(("PASS" if ok else "FAIL", target, detail))
 
     statuses = r.statuses + warm.statuses
-    five = sum(n for s, n in statuses.items() if s >= 500)
+    heavy_503 = sum(
+        counts[503]
+        for result in (r, warm)
+        for label, counts in result.by_label.items()
+        if label.startswith(HEAVY)
+    )
+    five = sum(n for s, n in statuses.items() if s >= 500) - heavy_503
     add(
         five == 0,
-        "no 5xx",
+        "no 5xx (but a heavy image's 503)",
         ", ".join(f"{s}: {n}" for s, n in statuses.items() if s >= 500) or "none",
     )
     errors = r.errors + warm.errors
@@ -420,7 +600,7 @@ def render(
 
 
 def _is_hostile(label: str) -> bool:
-    return label.startswith("hostile") or label == "oversize"
+    return label.startswith(("hostile", HEAVY)) or label == "oversize"
 
 
 if __name__ == "__main__":

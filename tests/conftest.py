@@ -38,12 +38,13 @@ def store_copy(model_store: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_settings(model_store: Path) -> Callable[..., Settings]:
+def make_settings(model_store: Path, tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         # float32: these tests compare answers with the model run directly, exactly;
         # tests/test_precision.py covers bfloat16 serving.
         values: dict[str, object] = {
             "model_store": model_store,
+            "data_dir": tmp_path / "data",  # galleries.db: never the working directory's
             "api_keys": "",
             "cors_origins": [],
             "inference_precision": "float32",

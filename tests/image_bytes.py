@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -73,3 +75,41 @@ def multipart_files(**named: bytes | list[bytes]) -> list[tuple[str, tuple[str, 
         for i, data in enumerate(value if isinstance(value, list) else [value]):
             files.append((field, (f"{field}{i}.png", data, "image/png")))
     return files
+
+
+def tiled_tiff(size: tuple[int, int], tile: int, value: int = 0) -> bytes:
+    """A greyscale TIFF of ``size`` stored as deflated ``tile`` x ``tile`` tiles of ``value``.
+
+    Written by hand: the tile size is whatever the file says, even one far larger than the image
+    (a tile bomb: a few hundred KB of zeros that a decoder inflates into its declared tile).
+    """
+    width, height = size
+    across, down = -(-width // tile), -(-height // tile)
+    squeezer = zlib.compressobj(9)
+    row = bytes([value]) * tile
+    deflated = b"".join(squeezer.compress(row) for _ in range(tile)) + squeezer.flush()
+    count = across * down
+    data_at = 8
+    ifd_at = data_at + len(deflated)
+    entries = [  # (tag, type, count, value): type 3 SHORT, 4 LONG
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 8),  # Compression: deflate
+        (262, 3, 1, 1),  # Photometric: black is zero
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (322, 4, 1, tile),  # TileWidth
+        (323, 4, 1, tile),  # TileLength
+        (324, 4, count, data_at),  # TileOffsets: every tile shares the one deflated block
+        (325, 4, count, len(deflated)),  # TileByteCounts
+    ]
+    arrays_at = ifd_at + 2 + 12 * len(entries) + 4
+    body, extra = b"", b""
+    for tag, kind, n, value_ in entries:
+        if n == 1:
+            body += struct.pack("<HHII", tag, kind, 1, value_)
+            continue
+        body += struct.pack("<HHII", tag, kind, n, arrays_at + len(extra))
+        extra += struct.pack(f"<{n}I", *[value_] * n)
+    ifd = struct.pack("<H", len(entries)) + body + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", ifd_at) + deflated + ifd + extra

@@ -95,7 +95,9 @@ def test_pixel_limit_is_413(make_settings):
     with TestClient(create_app(make_settings(max_image_pixels=10_000))) as client:
         r = client.post("/embed", files=multipart_files(image=png(size=(101, 100))))
         assert r.status_code == 413
-        assert r.json()["detail"] == "image: 101x100 = 10100 pixels is over the limit of 10000"
+        assert r.json()["detail"] == (
+            "image: 101x100 = 10100 pixels is over the limit of 10000 (max_image_pixels)"
+        )
         assert client.post("/embed", files=multipart_files(image=png(size=(100, 100)))).is_success
 
 

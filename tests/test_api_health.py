@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
+import pytest
 from fastapi.testclient import TestClient
 from image_bytes import multipart_files, png
-from towers import CALIBRATION, THRESHOLD
+from towers import CALIBRATION, THRESHOLD, export_tower
 
+from app.config import usable_cores
 from app.main import create_app
+
+
+@pytest.fixture(scope="module")
+def heavy_store(tmp_path_factory: pytest.TempPathFactory):
+    """mnist (tiny) and a tower on 512x512 RGB, whose conv alone costs 113 MFLOP per image."""
+    store = tmp_path_factory.mktemp("heavy_store")
+    export_tower(store / "mnist", channels=1, size=28, seed=0)
+    export_tower(store / "photos512", channels=3, size=512, seed=1)
+    return store
 
 
 def test_healthz_is_always_ok(settings):
@@ -39,6 +53,43 @@ def test_readyz_once_warmed_up(client):
     }
 
 
+def test_readyz_is_503_until_every_model_is_warmed_up_or_refused(heavy_store, make_settings):
+    """Polled while the lifespan starts: mnist warms up first, then photos512 (sorted), and
+    /readyz stays 503 until both are done, though mnist alone could already serve."""
+    app = create_app(make_settings(model_store=heavy_store))
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    async def start_while_polling() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            started = asyncio.Event()
+
+            async def poll() -> None:
+                while not started.is_set():
+                    r = await client.get("/readyz")
+                    seen.append((r.status_code, r.json()["models"]))
+                    await asyncio.sleep(0.002)
+
+            poller = asyncio.create_task(poll())
+            async with app.router.lifespan_context(app):
+                started.set()
+                await poller
+                return await client.get("/readyz")
+
+    final = asyncio.run(start_while_polling())
+    assert final.status_code == 200
+    assert final.json()["models"] == {"mnist": "up", "photos512": "up"}
+    assert seen and {status for status, _ in seen} == {503}
+    assert {"mnist": "up", "photos512": "warming up"} in [models for _, models in seen]
+
+
+def test_a_costly_model_gets_a_worker_per_core_a_cheap_one_one(heavy_store, make_settings):
+    # Decided from the FLOPs of one forward pass, not from a timing: the same on every start.
+    with TestClient(create_app(make_settings(model_store=heavy_store))) as client:
+        models = {m["name"]: m["inference_workers"] for m in client.get("/models").json()["models"]}
+    assert models == {"mnist": 1, "photos512": usable_cores()}
+
+
 def test_readyz_is_503_once_shutdown_began(settings):
     app = create_app(settings)
     with TestClient(app):
@@ -59,7 +110,7 @@ def test_models_lists_the_cards(client):
     assert mnist["calibration"]["slope"] == CALIBRATION.slope
     assert len(mnist["version"]) == 12
     assert "training" not in mnist and "sha256" not in mnist
-    # auto: the tiny test tower answers in well under SPLIT_MIN_FORWARD_MS, so one worker
+    # auto: the tiny test tower costs far less than SPLIT_MIN_MFLOPS, so one worker
     assert mnist["precision"] == "float32" and mnist["inference_workers"] == 1
 
 

@@ -19,7 +19,15 @@ def test_similarity_of_two_digits(client, digits):
     r = post(client, "/similarity", image_a=digits["3"][0], image_b=digits["7"][0])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"model", "model_version", "distance", "similarity", "threshold"}
+    assert set(body) == {
+        "model",
+        "model_version",
+        "distance",
+        "similarity",
+        "threshold",
+        "warnings",
+    }
+    assert body["warnings"] == []  # real digits for the digit model
     assert body["model"] == "mnist"  # the default
     assert len(body["model_version"]) == 12
     assert body["distance"] > 0

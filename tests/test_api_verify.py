@@ -15,8 +15,12 @@ def test_verify_uses_the_calibrated_threshold_by_default(client, digits):
     r = verify(client, digits["4"][0], digits["4"][0])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"model", "model_version", "same", "distance", "threshold", "similarity"}
+    assert set(body) == {
+        "model", "model_version", "same", "distance", "threshold", "threshold_source",
+        "similarity", "warnings",
+    }  # fmt: skip
     assert body["same"] is True and body["threshold"] == THRESHOLD
+    assert body["threshold_source"] == "model"
     assert body["similarity"] == pytest.approx(CALIBRATION.probability(body["distance"]))
 
 
@@ -27,6 +31,7 @@ def test_verify_threshold_decides_same(client, digits):
     below = verify(client, a, b, threshold=str(distance / 2)).json()
     above = verify(client, a, b, threshold=str(distance * 2)).json()
     assert below["same"] is False and below["threshold"] == pytest.approx(distance / 2)
+    assert below["threshold_source"] == above["threshold_source"] == "request"
     assert above["same"] is True and above["threshold"] == pytest.approx(distance * 2)
     assert below["distance"] == above["distance"] == distance
 
@@ -72,3 +77,17 @@ def test_repeated_threshold_field_uses_a_valid_value_or_fails(client):
     files = multipart_files(image_a=png(), image_b=png())
     r = client.post("/verify", files=files, data={"threshold": ["0.5", ""]})
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("field", ["image_a", "model", "threshold"])
+def test_a_field_sent_twice_is_422_not_the_last_one_silently(client, field):
+    files = multipart_files(image_a=png(), image_b=png(seed=1))
+    values = {"image_a": None, "model": ["mnist", "cifar10"], "threshold": ["0.5", "0.9"]}
+    if field == "image_a":
+        files.append(("image_a", ("again.png", png(seed=2), "image/png")))
+    r = client.post(
+        "/verify", files=files, data={} if field == "image_a" else {field: values[field]}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", field]
+    assert "sent more than once" in r.json()["detail"][0]["msg"]

@@ -11,7 +11,7 @@ import torch
 from towers import TinyTower
 
 from app import artifact
-from app.batching import Batcher, DeadlineExceeded, QueueFull, ShuttingDown, _rows
+from app.batching import Batcher, DeadlineExceeded, QueueFull, ShuttingDown, Ticket, _rows
 
 
 class Recorder:
@@ -230,7 +230,8 @@ def test_submit_from_a_pool_thread_runs_on_the_worker_and_answers_on_the_loop():
         first = asyncio.ensure_future(batcher.embed(xs[0]))  # held at the gate by the worker
         await wait_until(recorder.entered)
         futures = [loop.create_future() for _ in xs[1:]]
-        await asyncio.to_thread(batcher.submit, xs[1:], futures, loop, time.monotonic() + 5)
+        ticket = Ticket(time.monotonic() + 5)
+        await asyncio.to_thread(batcher.submit, xs[1:], futures, loop, ticket)
         assert batcher.queued == 8 and not any(f.done() for f in futures)
         gate.set()
         recorder.gate.set()
@@ -252,26 +253,30 @@ def test_submit_refuses_when_full_or_shutting_down():
         first = asyncio.ensure_future(batcher.embed(images(1)[0]))
         await wait_until(recorder.entered)
         with pytest.raises(QueueFull):  # 3 images do not fit a queue of 2: none is queued
-            batcher.submit(images(3), [loop.create_future() for _ in range(3)], loop, 1e12)
+            batcher.submit(images(3), [loop.create_future() for _ in range(3)], loop, Ticket(1e12))
         assert batcher.queued == 0
         recorder.gate.set()
         await first
         await batcher.stop()
         with pytest.raises(ShuttingDown):
-            batcher.submit(images(1), [loop.create_future()], loop, 1e12)
+            batcher.submit(images(1), [loop.create_future()], loop, Ticket(1e12))
 
     asyncio.run(run())
 
 
 class ThreadNames(torch.nn.Module):
-    """FirstPixels, noting which thread ran each batch and its size."""
+    """FirstPixels, noting which thread ran each batch and its size. With ``meet``, each batch
+    waits (up to 10 s) until that many batches run at once: a worker that took one image cannot
+    come back for the other before a second worker has taken it, however loaded the machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, meet: int = 1) -> None:
         super().__init__()
         self.runs: list[tuple[str, int]] = []
+        self.barrier = threading.Barrier(meet)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.runs.append((threading.current_thread().name, len(x)))
+        self.barrier.wait(10)
         return x.flatten(1)[:, :4].float()
 
 
@@ -284,7 +289,7 @@ async def all_idle(batcher: Batcher) -> None:
 
 
 def test_idle_workers_split_a_lone_request_between_them():
-    module = ThreadNames()
+    module = ThreadNames(meet=2)
     xs = images(2)
 
     async def run() -> list[torch.Tensor]:

@@ -59,10 +59,10 @@ def test_the_queue_must_hold_the_largest_request():
 
 
 def test_inference_workers_a_core_each_for_a_slow_model_one_for_a_tiny_one():
-    from app.config import SPLIT_MIN_FORWARD_MS, usable_cores
+    from app.config import SPLIT_MIN_MFLOPS, usable_cores
 
     cores = usable_cores()
-    slow, tiny = SPLIT_MIN_FORWARD_MS * 2, SPLIT_MIN_FORWARD_MS / 2
+    slow, tiny = SPLIT_MIN_MFLOPS * 2, SPLIT_MIN_MFLOPS / 2
     assert Settings(workers=1).inference_workers_for(slow) == cores
     assert Settings(workers=1).inference_workers_for(tiny) == 1
     assert Settings(workers=cores * 2).inference_workers_for(slow) == 1  # never 0

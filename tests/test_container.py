@@ -793,3 +793,11 @@ def test_deployment_docs_name_every_service_profile_volume_and_variable(
     names |= set(re.findall(r"\$\{(\w+)", COMPOSE.read_text()))
     missing = sorted(n for n in names if f"`{n}`" not in doc and f"{n}=" not in doc)
     assert not missing, f"docs/deployment.md does not mention {missing}"
+
+
+def test_api_keeps_its_state_on_a_writable_volume(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    data_dir = environment(api).get("IMGSIM_DATA_DIR")
+    assert data_dir, "api: IMGSIM_DATA_DIR not set (threshold profiles would be lost)"
+    mount = {m.target: m for m in mounts(api)}.get(data_dir)
+    assert mount is not None and not mount.read_only, f"api: mount a writable volume at {data_dir}"

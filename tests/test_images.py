@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -16,11 +17,12 @@ from image_bytes import (
     palette_with_transparency,
     png,
     sixteen_bit_png,
+    tiled_tiff,
     transparent_rgba,
 )
 from PIL import Image
 
-from app.images import TooLarge, Undecodable, decode
+from app.images import TooLarge, Undecodable, decode, pixels_to_decode
 
 MAX_PIXELS = 40_000_000
 GREY = ("L", (28, 28))
@@ -120,6 +122,56 @@ def test_pixel_limit_is_checked_from_the_header():
     with pytest.raises(TooLarge, match="100x100 = 10000 pixels is over the limit of 9999"):
         decode(png(size=(100, 100)), "L", (28, 28), max_pixels=9_999)
     decode(png(size=(100, 100)), "L", (28, 28), max_pixels=10_000)  # at the limit: fine
+
+
+def test_a_pixel_limit_above_pillows_own_default_is_honoured():
+    # 9500x9500 = 90.25 M pixels, over Pillow's default bomb limit (89.5 M): the setting decides.
+    data = encode(Image.new("L", (9500, 9500), 7), "PNG")
+    assert decode(data, "L", (28, 28), max_pixels=100_000_000).unique().tolist() == [7]
+    with pytest.raises(TooLarge, match=r"over the limit of 90000000 \(max_image_pixels\)"):
+        decode(data, "L", (28, 28), max_pixels=90_000_000)
+
+
+def test_a_tiff_tile_larger_than_its_image_is_refused_before_decoding():
+    bomb = tiled_tiff((64, 64), tile=8192)  # 130 KB inflating into a 67 M pixel tile
+    with pytest.raises(TooLarge, match="a 8192x8192 tile in a 64x64 image"):
+        decode(bomb, "L", (28, 28), max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize("size,tile", [((50, 50), 64), ((300, 200), 256), ((40, 40), 16)])
+def test_ordinary_tiled_tiffs_still_decode(size, tile):
+    x = decode(tiled_tiff(size, tile=tile, value=200), "L", (28, 28), max_pixels=40_000_000)
+    assert x.unique().tolist() == [200]
+
+
+def test_a_jpeg_claiming_a_huge_size_costs_only_its_draft():
+    # Decided (issue 12): a JPEG whose 6000x6000 frame holds a few KB of scan data is accepted.
+    # libjpeg fills what is missing with grey, and the draft decodes it at 1/8 scale, so it
+    # costs 1/64 of its declared pixels, and those are what the request's budget is charged.
+    full = encode(noise(size=(6000, 6000)), "JPEG")
+    scan = full.index(b"\xff\xda")
+    tiny = full[: scan + 2000] + b"\xff\xd9"
+    assert decode(tiny, "RGB", (32, 32), max_pixels=40_000_000).shape == (3, 32, 32)
+    assert pixels_to_decode(tiny, (32, 32), 40_000_000) == 750 * 750
+
+
+def test_pixels_to_decode_reads_only_the_header():
+    assert pixels_to_decode(png(size=(40, 30)), (28, 28), 10_000) == 1200
+    assert pixels_to_decode(png(size=(40, 30))[:60], (28, 28), 10_000) == 1200  # header only
+    assert pixels_to_decode(png(size=(40, 30)), (28, 28), 1000) == 0  # refused unread anyway
+    assert pixels_to_decode(b"not an image", (28, 28), 10_000) == 0
+
+
+def test_sixteen_bit_conversion_needs_no_int64():
+    # A 16-bit image is mapped through a 64 K-entry table: the peak is Pillow's 16-bit bytes,
+    # numpy's view of them and the uint8 result (about 4 bytes/pixel), never an int64 copy.
+    big = np.full((2000, 2000), 40000, dtype=np.uint16)
+    tracemalloc.start()
+    x = decode(encode(Image.fromarray(big), "PNG"), "L", (28, 28), max_pixels=40_000_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert x.unique().tolist() == [round(40000 * 255 / 65535)]
+    assert peak < 2000 * 2000 * 8  # one int64 copy alone would be 32 MB
 
 
 @pytest.mark.parametrize(

@@ -87,11 +87,15 @@ def test_openapi_describes_every_endpoint(client):
     paths = schema["paths"]
     assert set(paths) == {
         "/healthz", "/readyz", "/models", "/metrics", "/embed", "/verify",
-        "/similarity", "/similarity/one-to-many", "/similarity/matrix",
+        "/similarity", "/similarity/one-to-many", "/similarity/matrix", "/calibrate",
+        "/models/{model}/profiles", "/models/{model}/profiles/{name}", "/models/{model}/card",
+        "/models/{model}/plots/{plot}",
+        "/similarity/sets", "/models/{model}/drift",
     }  # fmt: skip
     verify = paths["/verify"]["post"]
     assert {"400", "404", "413", "422", "503"} <= set(verify["responses"])
     body = verify["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
     fields = schema["components"]["schemas"][body]["properties"]
-    assert {"image_a", "image_b", "model", "threshold"} == set(fields)
+    assert {"image_a", "image_b", "model", "threshold", "far", "profile"} == set(fields)
+    assert {"409"} <= set(verify["responses"])
     assert schema["components"]["schemas"]["VerifyResponse"]["examples"]

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from image_bytes import multipart_files
 from app.main import create_app
 from app.observability import (
     JsonFormatter,
+    TextFormatter,
     _HandOff,
     _LogWriter,
     clean_request_id,
@@ -151,3 +153,66 @@ def test_the_log_writer_writes_what_is_queued_when_stopped():
     writer.records.put(logging.LogRecord("app", logging.INFO, "", 0, "last words", None, None))
     writer.stop()
     assert json.loads(stream.getvalue())["msg"] == "last words"
+
+
+def test_a_full_log_queue_drops_and_counts_then_says_so():
+    stream = io.StringIO()
+    writer = _LogWriter(stream, interval_s=3600, queue_max=5)
+    handoff = _HandOff(writer)
+    logger = logging.getLogger("test.bounded")
+    logger.addHandler(handoff)
+    logger.propagate = False
+    try:
+        for i in range(12):
+            logger.warning("line %d", i)  # never blocks, whatever the queue holds
+        assert writer.records.qsize() == 5 and writer.dropped == 7
+        writer.flush()
+    finally:
+        logger.removeHandler(handoff)
+        writer.stop()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines[0]["msg"] == "dropped 7 log records: the log stream was not keeping up"
+    assert [line["msg"] for line in lines[1:]] == [f"line {i}" for i in range(5)]
+
+
+class Stuck(io.StringIO):
+    """A stream whose writes never return, like stderr on a full pipe nobody reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait()
+        return 0
+
+
+def test_stopping_gives_up_on_a_stream_that_is_not_read():
+    stream = Stuck()
+    writer = _LogWriter(stream, interval_s=0.01, flush_timeout_s=0.2)
+    writer.records.put(logging.LogRecord("app", logging.INFO, "", 0, "stuck", None, None))
+    stopper = threading.Thread(target=writer.stop)
+    stopper.start()
+    stopper.join(10)  # returns after about 2 x flush_timeout_s, not never
+    stream.release.set()
+    assert not stopper.is_alive()
+
+
+def test_plain_text_logs_escape_control_characters():
+    record = logging.LogRecord("app.access", logging.INFO, "", 0, "GET %s 404", ("/a\nb\r",), None)
+    record.request_id = "r-1"
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith("[r-1] GET /a\\nb\\r 404")
+
+
+def test_overload_is_logged_as_a_warning_not_an_error(make_settings, caplog, digits):
+    caplog.set_level(logging.INFO, logger="app.access")
+    with TestClient(create_app(make_settings(max_request_pixels=100))) as client:
+        r = client.post("/embed", files=multipart_files(image=digits["1"][0]))
+        assert r.status_code == 413
+    with TestClient(create_app(make_settings(request_timeout_s=1e-6))) as client:
+        r = client.post("/embed", files=multipart_files(image=digits["2"][0]))
+        assert r.status_code == 503
+    levels = {r.status: r.levelno for r in access_records(caplog)}
+    assert levels[503] == logging.WARNING and levels[413] == logging.INFO

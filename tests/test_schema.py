@@ -28,7 +28,9 @@ from app.main import create_app
 pytestmark = pytest.mark.slow
 
 STORE = Path(tempfile.mkdtemp(prefix="imgsim-fuzz-"))
-APP = create_app(Settings(model_store=STORE, api_keys="", cors_origins=[]))
+APP = create_app(
+    Settings(model_store=STORE, data_dir=STORE / "state", api_keys="", cors_origins=[])
+)
 schema = schemathesis.openapi.from_dict(APP.openapi())
 schema.app = APP  # calls go to the ASGI app in-process
 

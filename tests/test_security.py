@@ -40,10 +40,53 @@ def test_each_configured_key_works(keyed):
         assert embed(keyed, {"X-API-Key": key}).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/models", "/metrics", "/nope"])
+@pytest.mark.parametrize("path", ["/models", "/nope"])
 def test_other_paths_need_the_key_too(keyed, path):
     assert keyed.get(path).status_code == 401
     assert keyed.get(path, headers={"X-API-Key": "first-key-0123456789"}).status_code in (200, 404)
+
+
+ADMIN = "admin-key-0123456789"
+
+
+@pytest.fixture
+def with_admin(make_settings):
+    settings = make_settings(api_keys=KEYS, admin_keys=ADMIN)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_metrics_is_for_admin_keys_only(with_admin):
+    assert with_admin.get("/metrics").status_code == 401
+    r = with_admin.get("/metrics", headers={"X-API-Key": "first-key-0123456789"})
+    assert r.status_code == 403
+    assert r.json() == {"detail": "this path needs an admin key (IMGSIM_ADMIN_KEYS)"}
+    assert with_admin.get("/metrics", headers={"X-API-Key": ADMIN}).status_code == 200
+    assert embed(with_admin, {"X-API-Key": ADMIN}).status_code == 200  # and the rest too
+
+
+def test_metrics_is_closed_to_client_keys_when_no_admin_key_is_set(keyed):
+    r = keyed.get("/metrics", headers={"X-API-Key": "first-key-0123456789"})
+    assert r.status_code == 403
+
+
+def cache_hits(client) -> float:
+    text = client.get("/metrics", headers={"X-API-Key": ADMIN}).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("imgsim_cache_hits_total{")
+    )
+
+
+def test_each_key_has_its_own_cache(with_admin):
+    first, second = ({"X-API-Key": k} for k in KEYS.split(","))
+    image = multipart_files(image=png(seed=5))
+    assert with_admin.post("/embed", files=image, headers=first).status_code == 200
+    assert with_admin.post("/embed", files=image, headers=second).status_code == 200
+    assert cache_hits(with_admin) == 0  # the second key's identical upload was not a hit
+    assert with_admin.post("/embed", files=image, headers=first).status_code == 200
+    assert cache_hits(with_admin) == 1  # but the first key's own repeat is
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/docs"])

@@ -29,13 +29,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args: list[str], model_store: Path, port: int) -> subprocess.Popen:
+def start(
+    args: list[str], model_store: Path, port: int, data_dir: Path | None = None
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "IMGSIM_MODEL_STORE": str(model_store),
         "IMGSIM_PORT": str(port),
         "PYTHONPATH": str(ROOT),
     }
+    if data_dir is not None:
+        env["IMGSIM_DATA_DIR"] = str(data_dir)
     env.pop("IMGSIM_API_KEYS", None)
     return subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from training.config import PRESETS, parse_args
 from training.data import DataError, augment, load_dataset
 from training.losses import LOSSES, LossSpec, build_loss
 from training.nets import build_tower
+from training.reference_stats import add_reference_stats
 from training.train import TrainModel, main
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -171,6 +174,13 @@ def test_short_training_run_exports_a_model_the_service_loads(tmp_path):
         card.metrics["test"]
     )
     assert card.metrics["test"]["roc_auc"] > 0.6  # 3 epochs on 200 images: well above chance
+    # The drift reference: the validation embeddings' statistics, as re-export computes them.
+    stats = card.embedding_stats
+    assert stats is not None and len(stats.covariance) == 16
+    again = add_reference_stats(shutil.copytree(out, tmp_path / "again"), Path("."))
+    assert again.images == stats.images > 2
+    np.testing.assert_allclose(again.mean, stats.mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(again.covariance, stats.covariance, rtol=1e-5, atol=1e-7)
     for png in ("roc.png", "distances.png", "pairs.png", "embeddings.png", "training.png"):
         assert (out / png).stat().st_size > 1000
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,9 @@ class TinyTower(nn.Module):
         return F.normalize(self.fc(x.flatten(1)), dim=1)
 
 
-def export_tower(model_dir: Path, channels: int, size: int, seed: int) -> artifact.ModelCard:
+def export_tower(
+    model_dir: Path, channels: int, size: int, seed: int, metrics: dict[str, Any] | None = None
+) -> artifact.ModelCard:
     torch.manual_seed(seed)
     return artifact.write(
         model_dir,
@@ -42,6 +45,6 @@ def export_tower(model_dir: Path, channels: int, size: int, seed: int) -> artifa
         embedding_dim=EMBEDDING_DIM,
         threshold=THRESHOLD,
         calibration=CALIBRATION,
-        metrics={"note": "untrained test tower"},
+        metrics={"note": "untrained test tower"} if metrics is None else metrics,
         training={"seed": seed},
     )

@@ -1,16 +1,29 @@
 """Pairs, verification metrics and threshold calibration, all on distances (smaller = more alike).
 
 Calibration only ever sees validation pairs; test pairs are for reporting (DEVELOPERS.md).
+Re-fit an exported model's distance -> P(same) map without retraining (model.pt is untouched,
+so its version stays; only model.json's calibration changes):
+
+    python -m training.calibrate model_store/mnist --data-dir ../shared/data
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from app.artifact import Calibration, ThresholdRate
+from app import artifact, calibration
+from app.artifact import Calibration
+from app.calibration import best_threshold as best_threshold  # re-exported: the math is in app
+from app.calibration import rates_at as rates_at
 
 
 def balanced_pairs(
@@ -49,20 +62,6 @@ def pair_distances(emb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> np.nd
     return (emb[a] - emb[b]).norm(dim=1).double().numpy()
 
 
-def best_threshold(d: np.ndarray, same: np.ndarray) -> float:
-    """The distance threshold (same iff d <= t) that maximises balanced accuracy."""
-    order = np.argsort(d, kind="stable")
-    d_sorted, s_sorted = d[order], same[order].astype(bool)
-    tpr = np.cumsum(s_sorted) / max(s_sorted.sum(), 1)  # same pairs at or below each candidate
-    tnr = 1 - np.cumsum(~s_sorted) / max((~s_sorted).sum(), 1)
-    bal = (tpr + tnr) / 2
-    # Only cut between distinct distances; put the threshold midway to the next distance.
-    distinct = np.append(d_sorted[1:] != d_sorted[:-1], True)
-    i = int(np.argmax(np.where(distinct, bal, -1)))
-    nxt = d_sorted[i + 1] if i + 1 < len(d_sorted) else d_sorted[i] * 1.01 + 1e-6
-    return float(max((d_sorted[i] + nxt) / 2, 1e-6))
-
-
 def fit_logistic(d: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     """(intercept, slope) of P(same | d) = sigmoid(intercept + slope * d); slope < 0."""
     # Balanced class weights: the card's probability is for a pair drawn half same, half different.
@@ -72,24 +71,9 @@ def fit_logistic(d: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     return float(lr.intercept_[0]), min(slope, -1e-6)
 
 
-def rates_at(d: np.ndarray, same: np.ndarray, t: float) -> tuple[float, float]:
-    """(false accept rate, false reject rate) at threshold t."""
-    s = same.astype(bool)
-    far = float((d[~s] <= t).mean()) if (~s).any() else 0.0
-    frr = float((d[s] > t).mean()) if s.any() else 0.0
-    return far, frr
-
-
 def calibrate(d: np.ndarray, same: np.ndarray, table_points: int = 21) -> tuple[float, Calibration]:
-    threshold = best_threshold(d, same)
-    intercept, slope = fit_logistic(d, same)
-    grid = np.unique(np.quantile(d, np.linspace(0.02, 0.98, table_points)).round(6))
-    table = [
-        ThresholdRate(threshold=float(t), false_accept_rate=far, false_reject_rate=frr)
-        for t in sorted({*grid.tolist(), round(threshold, 6)})
-        for far, frr in [rates_at(d, same, t)]
-    ]
-    return threshold, Calibration(intercept=intercept, slope=slope, table=table)
+    """The balanced-accuracy threshold and a logistic map constrained to P(same) = 0.5 there."""
+    return calibration.calibrate(d, same, table_points)
 
 
 def verification_metrics(d: np.ndarray, same: np.ndarray, threshold: float) -> dict[str, float]:
@@ -111,3 +95,75 @@ def verification_metrics(d: np.ndarray, same: np.ndarray, threshold: float) -> d
         "frr": frr,
         "tar_at_far_1e-3": float(tpr[ok].max()) if ok.any() else 0.0,
     }
+
+
+VAL_PAIR_SEED = 0  # training.train.export draws the validation pairs with this seed
+
+
+def validation_distances(model_dir: Path, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and labels of the model's validation pairs, rebuilt as training made them: the
+    split from the card's training config (val_fraction, seed, exclude_classes), embedded by the
+    exported model.pt, paired with VAL_PAIR_SEED."""
+    from training.data import load_dataset
+    from training.evaluate import embed_all
+
+    art = artifact.load(model_dir)
+    card, cfg = art.card, art.card.training
+    bundle = load_dataset(
+        card.dataset,
+        data_dir,
+        val_fraction=cfg.get("val_fraction", 0.1),
+        seed=cfg.get("seed", 0),
+        channels=card.input.channels,
+        image_size=card.input.height,
+        exclude_classes=cfg.get("exclude_classes") or [],
+        download=False,
+    )
+    emb = embed_all(art.module, bundle.val.images)
+    a, b, same = balanced_pairs(bundle.val.labels, seed=VAL_PAIR_SEED)
+    return pair_distances(emb, a, b), same.numpy()
+
+
+def recalibrate(model_dir: Path, d: np.ndarray, same: np.ndarray) -> artifact.ModelCard:
+    """Re-fit the card's map through its own threshold and rewrite model.json atomically."""
+    card = artifact.read_card(model_dir)
+    weights = Path(model_dir) / artifact.MODEL_FILE
+    if artifact.sha256_file(weights) != card.sha256:
+        raise artifact.ArtifactError(f"{weights} does not match its card; re-export instead")
+    fitted = calibration.calibration_through(d, same, card.threshold)
+    new = card.model_copy(update={"calibration": fitted})
+    path = Path(model_dir) / artifact.CARD_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(new.model_dump_json(indent=2) + "\n")
+    os.replace(tmp, path)
+    return new
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m training.calibrate", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    args = p.parse_args(argv)
+    before = artifact.read_card(args.model_dir).calibration
+    d, same = validation_distances(args.model_dir, args.data_dir)
+    card = recalibrate(args.model_dir, d, same)
+    cal = card.calibration
+    summary = {
+        "model": card.name,
+        "model_version": card.version,
+        "validation_pairs": int(len(d)),
+        "threshold": card.threshold,
+        "before": {"intercept": before.intercept, "slope": before.slope,
+                   "p_at_threshold": before.probability(card.threshold)},
+        "after": {"intercept": cal.intercept, "slope": cal.slope,
+                  "p_at_threshold": cal.probability(card.threshold)},
+        "table_rows": len(cal.table),
+    }  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,6 +37,8 @@ def row(path: Path) -> str:
         f"{t.get('tar_at_far_1e-3', float('nan')):.3f}",
         f"{t.get('precision_at_1', float('nan')):.4f}",
         f"{t.get('map_at_r', float('nan')):.4f}",
+        # similarity (P(same)) at the default threshold: 0.50 when the map is anchored there
+        f"{card.calibration.probability(card.threshold):.2f}",
         f"{m.get('train_seconds', 0) / 60:.1f} min",
         size,
     ]
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "TAR@FAR1e-3",
         "P@1",
         "MAP@R",
+        "P(same)@t",
         "train time",
         "size",
     ]

@@ -37,6 +37,7 @@ from training.data import DataBundle, Split, augment, load_dataset
 from training.evaluate import compute_metrics, embed_all
 from training.losses import CLASSIFIER_LOSSES, RAW_EMBEDDING_LOSSES, LossSpec, build_loss
 from training.nets import Tower, build_tower
+from training.reference_stats import embedding_stats
 
 log = logging.getLogger("training")
 
@@ -454,6 +455,7 @@ def export(
         calibration=calibration,
         metrics=metrics,
         training=cfg.to_json(),
+        embedding_stats=embedding_stats(val_emb),  # the drift monitor's reference (app/drift.py)
     )
     (cfg.run_dir / "history.json").parent.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "history.json").write_text(json.dumps(history, indent=2))

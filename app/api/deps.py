@@ -64,6 +64,27 @@ Threshold = Annotated[
         examples=[0.8],
     ),
 ]
+Far = Annotated[
+    float | None,
+    Form(
+        description="Target false-accept rate in (0, 1) instead of a threshold: the threshold "
+        "is read off the model's validation FAR/FRR table (interpolated, never extrapolated)",
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        examples=[0.001],
+    ),
+]
+ProfileName = Annotated[
+    str | None,
+    Form(
+        description="A threshold profile saved with POST /calibrate for this model version",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        examples=["night-shift"],
+    ),
+]
 
 
 def _ready_registry(request: Request) -> Registry:
@@ -81,11 +102,12 @@ class ImageJob:
     embedder: Embedder
     settings: Settings
     metrics: Metrics
+    cache_partition: str = ""  # the API key's own part of the cache (app/security.py)
 
 
 async def image_job(request: Request, model: ModelName = None) -> ImageJob:
     # One dependency for the image routes, not one per part: FastAPI solves each dependency
-    # anew on every request, re-reading the form for each (7 solves per /similarity before).
+    # anew on every request, re-reading the form for each.
     try:
         served = _ready_registry(request).get(model)
     except UnknownModel as e:
@@ -94,7 +116,8 @@ async def image_job(request: Request, model: ModelName = None) -> ImageJob:
         raise HTTPException(503, detail=str(e), headers={"Retry-After": "30"}) from e
     request.state.model = served.name  # for the access log
     state = request.app.state
-    return ImageJob(served, state.embedder, state.settings, state.metrics)
+    partition = getattr(request.state, "cache_partition", "")
+    return ImageJob(served, state.embedder, state.settings, state.metrics, partition)
 
 
 ImageJobDep = Annotated[ImageJob, Depends(image_job)]

@@ -22,8 +22,12 @@ async def embed(
     image: ImageFile,
     job: ImageJobDep,
 ) -> EmbedResponse:
-    (emb,) = await embed_uploads([("image", image)], job)
+    (emb,), warnings = await embed_uploads([("image", image)], job)
     model = job.model
     return EmbedResponse(
-        model=model.name, model_version=model.card.version, dim=emb.numel(), embedding=emb.tolist()
+        model=model.name,
+        model_version=model.card.version,
+        dim=emb.numel(),
+        embedding=emb.tolist(),
+        warnings=warnings,
     )

@@ -10,7 +10,13 @@ from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
 router = APIRouter(tags=["models"])
 
 # The card minus its training config (long, and of no use to a client) and the raw sha256.
-CARD_FIELDS = set(ModelInfo.model_fields) - {"name", "default", "precision", "inference_workers"}
+CARD_FIELDS = set(ModelInfo.model_fields) - {
+    "name",
+    "default",
+    "precision",
+    "precision_note",
+    "inference_workers",
+}
 
 
 @router.get(
@@ -25,6 +31,7 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
             name=name,
             default=name == registry.default,
             precision=served.batcher.precision if served.batcher else "float32",
+            precision_note=served.precision_note,
             inference_workers=served.batcher.workers if served.batcher else 0,
             **served.card.model_dump(include=CARD_FIELDS),
         )

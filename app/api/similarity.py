@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 
-from app.api.deps import ImageJobDep, Threshold
+from app import ood
+from app.api.deps import Far, ImageJobDep, ProfileName, Threshold
 from app.api.uploads import (
     ImageFile,
     UploadRoute,
@@ -26,6 +27,7 @@ from app.schemas import (
     SimilarityResponse,
     errors,
 )
+from app.thresholds import resolve_threshold
 
 router = APIRouter(tags=["similarity"], route_class=UploadRoute)
 
@@ -44,7 +46,7 @@ async def similarity(
     image_b: ImageFile,
     job: ImageJobDep,
 ) -> SimilarityResponse:
-    a, b = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
+    (a, b), warnings = await embed_uploads([("image_a", image_a), ("image_b", image_b)], job)
     model = job.model
     d = distance(a, b)
     return SimilarityResponse(
@@ -53,6 +55,7 @@ async def similarity(
         distance=d,
         similarity=model.card.calibration.probability(d),
         threshold=model.card.threshold,
+        warnings=warnings,
     )
 
 
@@ -62,18 +65,24 @@ async def similarity(
     summary="Rank candidate images by distance to a query image",
     description="A candidate that is not a usable image gets `{index, error}` in the results "
     "instead of failing the call; candidates are identified by position, never by file name.",
-    responses=_ERRORS,
+    responses={**_ERRORS, **errors(409)},
 )
 @max_files(lambda s: 1 + s.max_candidates)
 async def one_to_many(
+    request: Request,
     query: ImageFile,
     candidates: Annotated[
         list[UploadFile], File(description="1 to max_candidates (64) images to rank")
     ],
     job: ImageJobDep,
     threshold: Threshold = None,
+    far: Far = None,
+    profile: ProfileName = None,
 ) -> OneToManyResponse:
     model, settings, metrics = job.model, job.settings, job.metrics
+    chosen = resolve_threshold(
+        request.app.state, model, threshold=threshold, far=far, profile=profile
+    )
     if len(candidates) > settings.max_candidates:
         raise HTTPException(
             422, detail=f"at most {settings.max_candidates} candidates; got {len(candidates)}"
@@ -81,11 +90,11 @@ async def one_to_many(
     blobs = [await read_image(query, "query", settings, metrics)]
     for i, upload in enumerate(candidates):
         blobs.append(await read_image(upload, f"candidates[{i}]", settings, metrics))
-    query_emb, *candidate_embs = await job.embedder.embed(model, blobs)
+    query_emb, *candidate_embs = await job.embedder.embed(model, blobs, job.cache_partition)
     if isinstance(query_emb, ImageError):
         raise image_error("query", query_emb)
 
-    applied = model.card.threshold if threshold is None else threshold
+    applied = chosen.value
     matches: list[CandidateMatch] = []
     failures: list[CandidateError] = []
     for i, emb in enumerate(candidate_embs):
@@ -96,11 +105,18 @@ async def one_to_many(
         p = model.card.calibration.probability(d)
         matches.append(CandidateMatch(index=i, distance=d, similarity=p, same=d <= applied))
     matches.sort(key=lambda m: (m.distance, m.index))
+    usable = [("query", blobs[0])] + [
+        (f"candidates[{i}]", blobs[1 + i])
+        for i, emb in enumerate(candidate_embs)
+        if not isinstance(emb, ImageError)
+    ]
     return OneToManyResponse(
         model=model.name,
         model_version=model.card.version,
         threshold=applied,
+        threshold_source=chosen.source,
         results=[*matches, *failures],
+        warnings=ood.warnings_for(model, usable),
     )
 
 
@@ -121,8 +137,11 @@ async def matrix(
             422, detail=f"send 2 to {settings.max_matrix_images} images; got {len(images)}"
         )
     named = [(f"images[{i}]", upload) for i, upload in enumerate(images)]
-    embs = await embed_uploads(named, job)
+    embs, warnings = await embed_uploads(named, job)
     distances = distance_matrix(torch.stack(embs))  # (N, N)
     return MatrixResponse(
-        model=model.name, model_version=model.card.version, distances=distances.tolist()
+        model=model.name,
+        model_version=model.card.version,
+        distances=distances.tolist(),
+        warnings=warnings,
     )

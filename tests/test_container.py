@@ -750,8 +750,10 @@ def test_train_reads_datasets_from_the_repo_and_writes_a_new_model(
 
 
 def test_postgres_profile_for_shared_galleries(
-    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+    dockerfile: Dockerfile, serving: Stage, services: dict[str, dict[str, Any]]
 ) -> None:
+    runs = " ".join(i.args for stage in dockerfile.closure(serving) for i in stage.all("RUN"))
+    assert re.search(r"\[[^\]]*\bpostgres\b[^\]]*\]", runs), "serving image: no postgres extra"
     pg = services["postgres"]
     assert pg.get("profiles") == ["postgres"]
     assert pg["image"].startswith("pgvector/pgvector:pg"), pg["image"]

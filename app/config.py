@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.artifact import EngineSetting
 from app.precision import PrecisionSetting
 
 # A model this costly per image is worth a worker per core (see Settings.inference_workers).
@@ -185,6 +186,11 @@ class Settings(BaseSettings):
     # computes it natively, else float32; a model whose card records a bfloat16 accuracy loss
     # over 0.5 points runs in float32 regardless.
     inference_precision: PrecisionSetting = "auto"
+    # What runs the forward pass (app/engines.py): "torchscript" (model.pt, the reference),
+    # "onnx" (model.onnx on ONNX Runtime's CPU provider, where the model has one and
+    # onnxruntime is installed) or "auto": the model card's `engine`, and where that is "auto"
+    # too, whichever of the two is faster on this machine, timed at warm-up.
+    inference_engine: EngineSetting = "auto"
     decode_threads: int = Field(2, gt=0)  # PIL releases the GIL while decoding
     # Images waiting for a decode thread across requests (app/embedding.py DecodePool); a
     # request whose images do not fit gets 503 + Retry-After at once.

@@ -76,6 +76,23 @@ class Embedder:
         return [done[i] for i in where]
 
 
+def check_request_pixels(total: int, settings: Settings) -> None:
+    """OverBudget when one request's images declare more than max_request_pixels together."""
+    if total > settings.max_request_pixels:
+        raise OverBudget(
+            f"the images of this request declare {total} pixels in total, over the limit "
+            f"of {settings.max_request_pixels} (max_request_pixels); send fewer or smaller "
+            "images"
+        )
+
+
+def request_pixels(blobs: Sequence[bytes], model: ServedModel, settings: Settings) -> int:
+    """The pixels decoding ``blobs`` for ``model`` will cost, read from their headers only (for
+    a request embedded in several calls: each call checks only its own images)."""
+    size = model.card.size
+    return sum(images.pixels_to_decode(b, size, settings.max_image_pixels) for b in blobs)
+
+
 # An image of more pixels than this is heavy: it waits while the decode threads that may take
 # heavy images are busy (DecodePool). A 12 MP phone JPEG drafts to 0.19 MP; a 2000x2000 PNG is
 # about 40 ms of decode on this project's machine, a 40 M pixel one about a second.
@@ -106,13 +123,7 @@ class _Job:
         size = self.model.card.size
         for entry in entries:
             entry[2] = images.pixels_to_decode(entry[0], size, settings.max_image_pixels)
-        total = sum(entry[2] for entry in entries)
-        if total > settings.max_request_pixels:
-            raise OverBudget(
-                f"the images of this request declare {total} pixels in total, over the limit "
-                f"of {settings.max_request_pixels} (max_request_pixels); send fewer or smaller "
-                "images"
-            )
+        check_request_pixels(sum(entry[2] for entry in entries), settings)
 
     def run(self, data: bytes, future: asyncio.Future[Outcome]) -> None:
         """In a decode thread: hash, look up, decode and queue one blob to the batcher; its

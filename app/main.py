@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from torch.utils.flop_counter import FlopCounterMode
 
-from app import __version__, web
+from app import __version__, engines, web
 from app.api import (
     calibrate,
     docs,
@@ -49,7 +49,6 @@ from app.galleries.store import open_store
 from app.images import OverBudget
 from app.metrics import Metrics, instrument
 from app.observability import RequestContextMiddleware, configure_logging
-from app.precision import Precision, autocast
 from app.precision import for_card as precision_for_card
 from app.precision import resolve as resolve_precision
 from app.profiles import ProfileStore
@@ -59,6 +58,7 @@ from app.security import APIKeyMiddleware, add_cors, api_key_scheme
 logger = logging.getLogger(__name__)
 
 WARM_UP_TIMEOUT_S = 120.0
+ENGINE_TRIAL_BATCH = 16  # images in the batch "auto" times each engine on (app/engines.py)
 
 DESCRIPTION = """
 Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
@@ -98,7 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
         # Fail at boot, not on the first request; a broken model is refused, the rest serve.
         registry = await asyncio.to_thread(
-            Registry.load, settings.model_store, settings.default_model
+            Registry.load,
+            settings.model_store,
+            settings.default_model,
+            onnx=settings.inference_engine != "torchscript",
+            onnx_threads=settings.torch_threads,
         )
         state.registry = registry
         state.profiles = ProfileStore(settings.data_dir / "profiles")
@@ -181,15 +185,27 @@ async def _start_and_warm_up(
         served.precision_note = fallback
     blank = torch.zeros(card.input.channels, card.input.height, card.input.width, dtype=torch.uint8)
     try:
-        forward_ms, mflops = await asyncio.wait_for(
-            asyncio.to_thread(_measure_one_image, served.module, blank, precision),
+        mflops = await asyncio.wait_for(
+            asyncio.to_thread(_one_image_mflops, served.module, blank), WARM_UP_TIMEOUT_S
+        )
+        choice = await asyncio.wait_for(
+            asyncio.to_thread(
+                engines.choose,
+                served,
+                settings.inference_engine,
+                precision,
+                min(ENGINE_TRIAL_BATCH, settings.batch_max_size),
+            ),
             WARM_UP_TIMEOUT_S,
         )
     except Exception as e:
         _refuse(served, registry, e)
         return
+    served.engine, served.precision = choice.engine, choice.computes_in
+    precision = choice.precision
+    forward_ms = choice.one_image_ms
     batcher = Batcher(
-        served.module,
+        choice.forward,
         name=served.name,
         max_batch_size=settings.batch_max_size,
         max_wait_ms=settings.batch_max_wait_ms,
@@ -201,9 +217,11 @@ async def _start_and_warm_up(
     batcher.start()
     served.batcher = batcher
     logger.info(
-        "model %s: %.0f MFLOP and %.1f ms per image at %s; %d inference worker(s) x %d torch "
-        "thread(s)",
-        served.name, mflops, forward_ms, precision, batcher.workers, settings.torch_threads,
+        "model %s: %s engine (timed 1/%d images, ms: %s); %.0f MFLOP and %.1f ms per image at "
+        "%s; %d inference worker(s) x %d thread(s)",
+        served.name, choice.engine, min(ENGINE_TRIAL_BATCH, settings.batch_max_size),
+        {e: [round(t, 2) for t in ts] for e, ts in choice.timings_ms.items()}, mflops,
+        forward_ms, served.precision, batcher.workers, settings.torch_threads,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + WARM_UP_TIMEOUT_S
@@ -241,21 +259,6 @@ def _monitor_drift(
     metrics.drift_images.labels(served.name).set_function(monitor.images)
     if monitor.reference is not None:
         metrics.drift_frechet.labels(served.name).set_function(monitor.frechet)
-
-
-def _measure_one_image(
-    module: torch.nn.Module, x: torch.Tensor, precision: Precision
-) -> tuple[float, float]:
-    """(ms, MFLOP) of a one-image forward pass. The ms, the best of a few passes whose first
-    ones also warm TorchScript up (it profiles and optimises on its first calls), is only
-    logged: it varies with the load, so the worker count is decided from the FLOPs."""
-    best = float("inf")
-    with torch.inference_mode(), autocast(precision):
-        for _ in range(4):
-            started = time.perf_counter()
-            module(x.unsqueeze(0))
-            best = min(best, time.perf_counter() - started)
-    return best * 1000, _one_image_mflops(module, x)
 
 
 def _one_image_mflops(module: torch.nn.Module, x: torch.Tensor) -> float:

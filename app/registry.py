@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from app import artifact
-from app.artifact import ModelCard
+from app.artifact import Engine, ModelCard, OnnxModel
 from app.batching import Batcher
 from app.drift import DriftMonitor
 
@@ -39,6 +39,12 @@ class ServedModel:
     batcher: Batcher | None = None  # set by the app's lifespan
     precision_note: str | None = None  # why it does not run in the configured precision
     drift: DriftMonitor | None = None  # set by the app's lifespan unless drift_window_images=0
+    onnx: OnnxModel | None = None  # the ONNX engine, when the model has one and it loaded
+    onnx_error: str | None = None  # why a model.onnx named by the card is not loaded
+    onnx_int8: OnnxModel | None = None  # the int8 ONNX engine, likewise
+    onnx_int8_error: str | None = None
+    engine: Engine = "torchscript"  # what the batcher runs; chosen at warm-up (app/engines.py)
+    precision: str = "float32"  # the number format that engine computes in, for /models
 
 
 class Registry:
@@ -55,7 +61,15 @@ class Registry:
         self.default = default
 
     @classmethod
-    def load(cls, store: Path, default: str | None = None) -> Registry:
+    def load(
+        cls,
+        store: Path,
+        default: str | None = None,
+        *,
+        onnx: bool = True,
+        onnx_threads: int = 1,
+    ) -> Registry:
+        """Every model in ``store``; with ``onnx``, also their ONNX engines (app/artifact.py)."""
         store = Path(store)
         models: dict[str, ServedModel] = {}
         failed: dict[str, str] = {}
@@ -65,7 +79,7 @@ class Registry:
         for model_dir in model_dirs:
             name = model_dir.name
             try:
-                loaded = artifact.load(model_dir)
+                loaded = artifact.load(model_dir, onnx=onnx, onnx_threads=onnx_threads)
             except artifact.ArtifactError as e:
                 logger.error("refusing model %s: %s", name, e)
                 failed[name] = _public(str(e), store)
@@ -76,7 +90,20 @@ class Registry:
                 continue
             if loaded.card.name != name:
                 logger.warning("model folder %s holds a card named %r", name, loaded.card.name)
-            models[name] = ServedModel(name=name, card=loaded.card, module=loaded.module)
+            for error in (loaded.onnx_error, loaded.onnx_int8_error):
+                if error is not None:  # model.pt still serves: it is the contract
+                    logger.error("model %s: ONNX engine not loaded: %s", name, error)
+            models[name] = ServedModel(
+                name=name,
+                card=loaded.card,
+                module=loaded.module,
+                onnx=loaded.onnx,
+                onnx_error=_public(loaded.onnx_error, store) if loaded.onnx_error else None,
+                onnx_int8=loaded.onnx_int8,
+                onnx_int8_error=(
+                    _public(loaded.onnx_int8_error, store) if loaded.onnx_int8_error else None
+                ),
+            )
             logger.info(
                 "loaded model %s version %s (%s, input %dx%dx%d, dim %d, threshold %.4g)",
                 name, loaded.card.version, loaded.card.dataset, loaded.card.input.channels,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.artifact import Calibration, InputSpec
+from app.artifact import Calibration, Engine, InputSpec, OnnxCard
 from app.precision import Precision
 from app.thresholds import ThresholdSource
 
@@ -66,10 +66,10 @@ class ReadyResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="What to pass as the `model` form field")
     default: bool = Field(description="Used when a request names no model")
-    precision: Precision = Field(
+    precision: Precision | Literal["int8"] = Field(
         description="Number format this server runs the forward pass in: bfloat16 where the "
         "CPU has it natively, unless the card records that it costs this model more than 0.5 "
-        "points of pair accuracy against float32"
+        "points of pair accuracy against float32; int8 for the onnx-int8 engine"
     )
     precision_note: str | None = Field(
         None, description="Why the model runs in float32 although the server is set otherwise"
@@ -77,6 +77,12 @@ class ModelInfo(BaseModel):
     inference_workers: int = Field(
         description="Threads running this model's forward passes on this server"
     )
+    engine: Engine = Field(
+        description="What runs the forward pass here: torchscript (model.pt), onnx (model.onnx "
+        "on ONNX Runtime, within the card's onnx.tolerance of it) or onnx-int8 (model.int8.onnx, "
+        "within the card's accuracy limits)"
+    )
+    engines: list[Engine] = Field(description="Engines this server has loaded for the model")
     version: str = Field(description="First 12 hex digits of sha256(model.pt)")
     dataset: str
     classes: list[str]
@@ -88,6 +94,12 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="Validation results recorded at export")
     created_at: str
     torch_version: str
+    onnx: OnnxCard | None = Field(
+        None, description="The model's ONNX engine: its sha256, export check and test metrics"
+    )
+    onnx_int8: OnnxCard | None = Field(
+        None, description="The model's int8 ONNX engine: its quantization and test metrics"
+    )
 
 
 class FailedModel(BaseModel):

@@ -1,8 +1,9 @@
 """Ceilings measured in this process, no HTTP: raw inference and training throughput.
 
-* ``inference_grid``: the exported TorchScript module on random uint8 batches, for each way of
-  running it (threads, parallel streams, precision) and batch size; the best cell is the most
-  pairs/s any server of this model can reach on this machine.
+* ``inference_grid``: the exported TorchScript module (and the model's ONNX engines, issue 18)
+  on random uint8 batches, for each way of running it (engine, threads, parallel streams,
+  precision) and batch size; the best cell is the most pairs/s any server of this model can
+  reach on this machine.
 * ``training_throughput``: a few optimiser steps of the model's own recipe (its card's training
   config: tower, loss, optimiser, augmentation) on a batch of random uint8 images, laid out
   channels_last as training/train.py does.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +32,15 @@ class InferenceSetup:
     threads: int
     streams: int = 1
     precision: Precision = "float32"
+    engine: str = "torchscript"  # or onnx / onnx-int8: app.artifact's ONNX sessions, 1 thread
 
     @property
     def label(self) -> str:
         run = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
         if self.streams > 1:
             run = f"{self.streams} streams x {run}"
+        if self.engine != "torchscript":
+            return f"{run}, {self.engine}"
         return f"{run}, {self.precision}"
 
 
@@ -51,15 +56,21 @@ class InferencePoint:
         return self.images_per_s / 2
 
 
-def ceiling_setups(thread_counts: list[int], cores: int) -> list[InferenceSetup]:
+def ceiling_setups(
+    thread_counts: list[int], cores: int, engines: tuple[str, ...] = ("torchscript",)
+) -> list[InferenceSetup]:
     """Each thread count at float32, and at bfloat16 where this CPU has it natively; plus one
-    single-threaded stream per core, as the service's inference workers run."""
+    single-threaded stream per core, as the service's inference workers run. Each ONNX engine
+    in ``engines`` as the service runs it: one thread per stream, 1 stream and one per core."""
     precisions: list[Precision] = ["float32"]
     if resolve_precision("auto") == "bfloat16":
         precisions.append("bfloat16")
     setups = [InferenceSetup(t, 1, p) for p in precisions for t in thread_counts]
     if cores > 1:
         setups += [InferenceSetup(1, cores, p) for p in precisions]
+    for engine in engines:
+        if engine != "torchscript":
+            setups += [InferenceSetup(1, s, "float32", engine) for s in sorted({1, cores})]
     return setups
 
 
@@ -74,14 +85,28 @@ def inference_grid(
             torch.set_num_threads(setup.threads)
             for batch in batch_sizes:
                 x = torch.randint(0, 256, (batch, *_chw(card)), dtype=torch.uint8)  # (B, C, H, W)
-                points.append(InferencePoint(setup, batch, *_run(model.module, x, seconds, setup)))
+                forward = _forward(model, setup.engine)
+                points.append(InferencePoint(setup, batch, *_run(forward, x, seconds, setup)))
     finally:
         torch.set_num_threads(before)
     return points
 
 
+def _forward(model: Artifact, engine: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    onnx = {"onnx": model.onnx, "onnx-int8": model.onnx_int8}
+    if engine == "torchscript":
+        return model.module
+    forward = onnx[engine]
+    if forward is None:
+        raise ValueError(f"{model.card.name} has no {engine} engine loaded")
+    return forward
+
+
 def _run(
-    module: torch.nn.Module, x: torch.Tensor, seconds: float, setup: InferenceSetup
+    module: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    seconds: float,
+    setup: InferenceSetup,
 ) -> tuple[float, float]:
     """(images/s, CPU ms per image)."""
     counts = [0] * setup.streams

@@ -28,7 +28,7 @@ def create_app() -> FastAPI:
     threads = int(os.environ.get("BENCH_TORCH_THREADS", "0"))
     if threads > 0:
         torch.set_num_threads(threads)
-    model = artifact.load(Path(os.environ["BENCH_MODEL_DIR"]))
+    model = artifact.load(Path(os.environ["BENCH_MODEL_DIR"]), onnx=False)
     card, module = model.card, model.module
     app = FastAPI(title="naive imgsim")
 

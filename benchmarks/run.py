@@ -22,27 +22,36 @@ real uvicorn processes on free ports, at each --concurrency:
 * training: images/s of the model's own recipe (training/), a batch of 256.
 * CPU budget (computed, :class:`CpuBudget`): what the cores allow when each pair costs only the
   cheapest inference, the floor's HTTP and the load generator, all sharing the same cores.
+* side by side (issue 18): the service on each engine it has (TorchScript, ONNX), TorchServe on
+  the same model.pt (benchmarks/torchserve.py; skipped with the reason where Java or TorchServe
+  cannot be installed) and the naive server, all up at once, in --peer-rounds alternating rounds
+  of c=1 then c=32; each row the medians over the rounds.
 
-Then the issue-5 targets as PASS/FAIL lines; exits 1 when one fails. Server logs and a JSON dump
-of every number go to --log-dir.
+Load comes from Debian's wrk (benchmarks/wrk.py, installed when missing; ``--client python``
+for the asyncio client of benchmarks/loadgen.py), driving the same pre-built requests.
+Then the issue-5 and issue-18 targets as PASS/FAIL lines; exits 1 when one fails. Server logs and
+a JSON dump of every number go to --log-dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app import artifact
 from app.artifact import Artifact
 from app.config import Settings, usable_cores
-from benchmarks import report
+from benchmarks import report, torchserve
 from benchmarks.corpus import Corpus, load_corpus
 from benchmarks.inprocess import (
     InferencePoint,
@@ -63,10 +72,13 @@ from benchmarks.servers import (
     service_cmd,
     uvicorn_cmd,
 )
+from benchmarks.wrk import WrkResult, ensure_wrk, run_wrk, write_requests
 
 TARGET_CONCURRENCY = 32
 CACHED_PAIRS = 32  # 64 images: hits in any cache of 64 entries or more
-SKIPPABLE = ("naive", "floor", "ceiling", "training", "cache", "workers", "paired")
+SKIPPABLE = ("naive", "floor", "ceiling", "training", "cache", "workers", "paired", "peer")
+PEER_TARGET_RATIO = 1.2  # cifar10 c=32: pairs/s at least this times TorchServe's (issue 18)
+MNIST_BUDGET_SHARE = 0.6  # mnist c=32: at least this share of the CPU budget (issue 18)
 
 
 @dataclass
@@ -89,7 +101,12 @@ class Point:
 
     @classmethod
     def of(
-        cls, server: str, threads: str, r: LoadResult, rss: RssSampler, server_cpu_s: float
+        cls,
+        server: str,
+        threads: str,
+        r: LoadResult | WrkResult,
+        rss: RssSampler,
+        server_cpu_s: float,
     ) -> Point:
         return cls(
             server,
@@ -122,6 +139,50 @@ class Paired:
 
 
 @dataclass
+class PeerRow:
+    """One server in the side-by-side rounds: medians over the rounds."""
+
+    server: str  # service | TorchServe | naive
+    engine: str  # torchscript | onnx | how the peer runs the model
+    rounds: int
+    c1_p50_ms: float
+    c1_p99_ms: float
+    c32_pairs_per_s: float
+    c32_p99_ms: float
+    cpu_ms_per_pair: float  # server CPU per pair at c=32
+    rss_mb: float  # peak over all rounds
+    errors: int  # over all rounds
+    accuracy: float | None  # test-pair accuracy of what this server runs, from the card
+
+    @classmethod
+    def of(
+        cls,
+        server: str,
+        engine: str,
+        c1: list[Point],
+        c32: list[Point],
+        accuracy: float | None = None,
+    ) -> PeerRow:
+        def med(points: list[Point], key: str) -> float:
+            return statistics.median(getattr(p, key) for p in points) if points else math.nan
+
+        both = c1 + c32
+        return cls(
+            server,
+            engine,
+            max(len(c1), len(c32)),
+            med(c1, "p50_ms"),
+            med(c1, "p99_ms"),
+            med(c32, "pairs_per_s"),
+            med(c32, "p99_ms"),
+            med(c32, "server_cpu_ms"),
+            max((p.rss_peak_mb for p in both), default=math.nan),
+            sum(p.errors for p in both),
+            accuracy,
+        )
+
+
+@dataclass
 class ModelResult:
     name: str
     card: str  # one-line summary
@@ -132,6 +193,8 @@ class ModelResult:
     rss_mb: dict[str, float] = field(default_factory=dict)  # service: start, peak, repeat, end
     paired: Paired | None = None  # alternating c=1 rounds, service vs naive
     naive_settings: dict[str, str] = field(default_factory=dict)  # label -> BENCH_TORCH_THREADS
+    peer: list[PeerRow] = field(default_factory=list)  # side by side (issue 18)
+    peer_note: str = ""  # why a peer row is missing, e.g. TorchServe could not be installed
     checks: list[tuple[str, str, str]] = field(default_factory=list)  # (verdict, target, detail)
 
     def find(self, server: str, concurrency: int) -> Point | None:
@@ -209,6 +272,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="the multi-worker line (mnist, c=32)")
     p.add_argument("--paired-rounds", type=int, default=6, help="alternating c=1 rounds")
     p.add_argument("--paired-seconds", type=float, default=1.5, help="per server per round")
+    p.add_argument("--peer-rounds", type=int, default=3, help="alternating side-by-side rounds")
+    p.add_argument("--peer-seconds", type=float, default=4.0, help="per server, level and round")
+    p.add_argument(
+        "--client",
+        choices=["wrk", "python"],
+        default="wrk",
+        help="load generator: Debian's wrk (installed when missing) or benchmarks/loadgen.py",
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=SKIPPABLE)
     p.add_argument(
         "--service-env",
@@ -230,6 +301,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seconds, args.warmup = min(args.seconds, 1.5), min(args.warmup, 0.5)
         args.ceiling_batches, args.ceiling_seconds = [1, 32, 128], 0.3
         args.train_steps = 1
+        args.peer_rounds, args.peer_seconds = min(args.peer_rounds, 1), min(args.peer_seconds, 2)
     if TARGET_CONCURRENCY not in args.concurrency:
         args.concurrency = sorted({*args.concurrency, TARGET_CONCURRENCY})
     return args
@@ -249,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.model_store}: no model directory with {artifact.CARD_FILE} ({names})"
         )
     run_dir = args.log_dir / time.strftime("%Y%m%d-%H%M%S")
+    args.wrk, args.wrk_dir = None, run_dir / "wrk"
+    if args.client == "wrk":
+        args.wrk = ensure_wrk()
+        if args.wrk is None:
+            print("WARNING: wrk is not installed and cannot be (apt-get as root); using the "
+                  "Python load generator (benchmarks/loadgen.py)")  # fmt: skip
     print(f"imgsim benchmarks: {', '.join(d.name for d in dirs)}; logs in {run_dir}")
     print(f"estimated duration: {estimate_minutes(args, len(dirs)):.0f} min")
     if busy:
@@ -305,7 +383,10 @@ def estimate_minutes(args: argparse.Namespace, models: int) -> float:
     training = 10 * (args.train_steps + 1) if "training" not in args.skip else 0
     paired = 12 + args.paired_rounds * 2 * (args.paired_seconds + 0.8)
     paired *= "paired" not in args.skip
-    total = models * (points * per_point + starts * 6 + ceiling + training + paired)
+    # side by side: ~4 servers (engines, TorchServe, naive) x rounds x 2 levels, + their starts
+    peer = 60 + 4 * args.peer_rounds * 2 * (math.ceil(args.peer_seconds) + 2.5)
+    peer *= "peer" not in args.skip
+    total = models * (points * per_point + starts * 6 + ceiling + training + paired + peer)
     total += 0 if "workers" in args.skip else per_point + 8
     return total / 60
 
@@ -322,23 +403,52 @@ def requests_for(name: str, corpus: Corpus, pairs: int | None = None) -> list[Re
     ]
 
 
+def drive(
+    server: Server,
+    reqs: list[Request],
+    c: int,
+    args: argparse.Namespace,
+    seconds: float,
+    warmup_s: float,
+    on_window: Callable[[str], None] | None = None,
+) -> LoadResult | WrkResult:
+    """Load ``server`` with ``reqs`` at concurrency ``c``: wrk when there is one, else Python."""
+    if getattr(args, "wrk", None):
+        key = id(reqs)
+        if key not in _WRK_FILES:  # the same request list is driven many times: write it once
+            _WRK_FILES[key] = (reqs, write_requests(reqs, args.wrk_dir / str(len(_WRK_FILES))))
+        path = _WRK_FILES[key][1]
+        return run_wrk(
+            args.wrk, path, server.port, c, seconds=seconds, warmup_s=warmup_s, on_window=on_window
+        )
+    return run_load(
+        "127.0.0.1", server.port, reqs, c, seconds=seconds, warmup_s=warmup_s, on_window=on_window
+    )
+
+
+# id(request list) -> (the list, kept alive so its id stays unique; its file for wrk)
+_WRK_FILES: dict[int, tuple[list[Request], Path]] = {}
+
+
 def measure(
-    server: Server, label: str, threads: str, reqs: list[Request], c: int, args: argparse.Namespace
+    server: Server,
+    label: str,
+    threads: str,
+    reqs: list[Request],
+    c: int,
+    args: argparse.Namespace,
+    seconds: float | None = None,
+    warmup_s: float | None = None,
 ) -> Point:
+    seconds = args.seconds if seconds is None else seconds
     cpu: dict[str, float] = {}
 
     def window(edge: str) -> None:  # the server's CPU time as the measured window opens/closes
         cpu[edge] = cpu_seconds(rss.pids)
 
     with RssSampler(server.pid) as rss:
-        r = run_load(
-            "127.0.0.1",
-            server.port,
-            reqs,
-            c,
-            seconds=args.seconds,
-            warmup_s=args.warmup,
-            on_window=window,
+        r = drive(
+            server, reqs, c, args, seconds, args.warmup if warmup_s is None else warmup_s, window
         )
     point = Point.of(label, threads, r, rss, cpu["end"] - cpu["start"])
     print(
@@ -360,13 +470,13 @@ def service_env(store: Path, args: argparse.Namespace, **settings: str) -> dict[
 
 def served_as(server: Server, name: str, env: dict[str, str]) -> str:
     """How the service runs ``name``, from its /models, e.g.
-    "2 inference workers x 1 thread, bfloat16"."""
+    "2 inference workers x 1 thread, bfloat16, torchscript"."""
     info = next(m for m in json.loads(server.get_text("/models"))["models"] if m["name"] == name)
     threads = int(env.get("IMGSIM_TORCH_THREADS", Settings.model_fields["torch_threads"].default))
     workers = info["inference_workers"]
     return (
         f"{workers} inference worker{'s' if workers > 1 else ''} x {threads} "
-        f"thread{'s' if threads > 1 else ''}, {info['precision']}"
+        f"thread{'s' if threads > 1 else ''}, {info['precision']}, {info.get('engine', '-')}"
     )
 
 
@@ -396,7 +506,8 @@ def bench_model(
     store = one_model_store(model_dir, tmp)
 
     if "ceiling" not in args.skip:
-        setups = ceiling_setups(args.ceiling_threads, usable_cores())
+        engines = tuple(service_engines(card))
+        setups = ceiling_setups(args.ceiling_threads, usable_cores(), engines)
         result.ceiling = inference_grid(model, args.ceiling_batches, setups, args.ceiling_seconds)
         best = result.best_ceiling()
         assert best is not None
@@ -417,7 +528,7 @@ def bench_model(
     with Server.start(f"service-{name}", service_cmd(), env, run_dir) as server:
         threads = served_as(server, name, env)
         # Warm up once so "start" is the steady state, not the freshly loaded process.
-        run_load("127.0.0.1", server.port, cold, 8, seconds=args.warmup, warmup_s=0)
+        drive(server, cold, 8, args, seconds=args.warmup, warmup_s=0)
         rss_start = RssSampler(server.pid).sample()
         for c in args.concurrency:
             result.points.append(measure(server, "service", threads, cold, c, args))
@@ -462,7 +573,89 @@ def bench_model(
             result.paired = paired_c1(
                 name, store, model_dir, naive1.threads, setting, cold, args, run_dir
             )
+    if "peer" not in args.skip:
+        pairs = [(corpus.files[a], corpus.files[b]) for a, b in corpus.pairs()]
+        result.peer, result.peer_note = bench_peer(
+            name, model_dir, store, cold, pairs, args, run_dir
+        )
     return result
+
+
+def service_engines(card: artifact.ModelCard) -> list[str]:
+    """The engines the service can run ``card``'s model on here."""
+    if not artifact.onnxruntime_available():
+        return ["torchscript"]
+    onnx = {"onnx": card.onnx, "onnx-int8": card.onnx_int8}
+    return ["torchscript", *(engine for engine, section in onnx.items() if section is not None)]
+
+
+def card_accuracy(card: artifact.ModelCard, engine: str) -> float | None:
+    """Test-pair accuracy recorded in the card for ``engine`` (float32)."""
+    section = {"onnx": card.onnx, "onnx-int8": card.onnx_int8}.get(engine)
+    if engine == "torchscript":
+        metrics = card.metrics
+    else:
+        metrics = section.metrics if section is not None else {}
+    value = metrics.get("test", {}).get("accuracy")
+    return float(value) if value is not None else None
+
+
+def bench_peer(
+    name: str,
+    model_dir: Path,
+    store: Path,
+    reqs: list[Request],
+    pairs: list[tuple[tuple[str, str, bytes], tuple[str, str, bytes]]],
+    args: argparse.Namespace,
+    run_dir: Path,
+) -> tuple[list[PeerRow], str]:
+    """The service on each engine, TorchServe and the naive server, all up at once, measured in
+    alternating rounds of c=1 then c=32 (issue 18). Returns the rows and why one is missing."""
+    card = artifact.read_card(model_dir)
+    note = ""
+    print(f"  side by side, {args.peer_rounds} alternating rounds", flush=True)
+    # (label, engine description, server, requests, accuracy)
+    servers: list[tuple[str, str, Server, list[Request], float | None]] = []
+    with contextlib.ExitStack() as stack:
+        for engine in service_engines(card):
+            env = service_env(store, args, IMGSIM_CACHE_ENTRIES="0", IMGSIM_INFERENCE_ENGINE=engine)
+            cmd = service_cmd()
+            srv = stack.enter_context(Server.start(f"peer-{engine}-{name}", cmd, env, run_dir))
+            label = served_as(srv, name, env)
+            servers.append(("service", label, srv, reqs, card_accuracy(card, engine)))
+        try:
+            ts = torchserve.TorchServe.prepare(
+                model_dir.resolve(), args.log_dir.resolve() / "torchserve"
+            )
+            srv = stack.enter_context(ts.start(f"peer-torchserve-{name}", run_dir))
+            ts_reqs = torchserve.requests_for(pairs)
+            torchserve.wait_for_predictions(srv, ts_reqs[0])
+            servers.append(("TorchServe", torchserve.describe(), srv, ts_reqs, None))
+        except (torchserve.Unavailable, RuntimeError, OSError, subprocess.SubprocessError) as e:
+            note = f"TorchServe row skipped: {str(e).splitlines()[0][:300]}"
+            print(f"  {note}", flush=True)
+        env = clean_env(BENCH_MODEL_DIR=str(model_dir), BENCH_TORCH_THREADS="1")
+        cmd = uvicorn_cmd("benchmarks.naive_server:create_app")
+        srv = stack.enter_context(Server.start(f"peer-naive-{name}", cmd, env, run_dir, "/healthz"))
+        servers.append(
+            ("naive", "1 thread, float32", srv, reqs, card_accuracy(card, "torchscript"))
+        )
+
+        points: list[tuple[list[Point], list[Point]]] = [([], []) for _ in servers]
+        for i in range(args.peer_rounds):
+            order = list(range(len(servers)))
+            order = order[i % len(order) :] + order[: i % len(order)]
+            for k in order:
+                label, engine, srv, server_reqs, _ = servers[k]
+                for c, into in ((1, points[k][0]), (TARGET_CONCURRENCY, points[k][1])):
+                    into.append(
+                        measure(srv, label, engine, server_reqs, c, args, args.peer_seconds, 1.0)
+                    )
+    rows = [
+        PeerRow.of(label, engine, c1, c32, accuracy)
+        for (label, engine, _, _, accuracy), (c1, c32) in zip(servers, points, strict=True)
+    ]
+    return rows, note
 
 
 def paired_c1(
@@ -487,12 +680,10 @@ def paired_c1(
     ):
         pair = [(svc, result.service_p50s), (naive, result.naive_p50s)]
         for server, _ in pair:
-            run_load("127.0.0.1", server.port, reqs, 1, seconds=args.warmup, warmup_s=0)
+            drive(server, reqs, 1, args, seconds=args.warmup, warmup_s=0)
         for i in range(args.paired_rounds):
             for server, p50s in pair if i % 2 == 0 else pair[::-1]:
-                r = run_load(
-                    "127.0.0.1", server.port, reqs, 1, seconds=args.paired_seconds, warmup_s=0.3
-                )
+                r = drive(server, reqs, 1, args, seconds=args.paired_seconds, warmup_s=0.3)
                 p50s.append(r.percentile_ms(50))
     print(
         f"  paired c=1 over {args.paired_rounds} rounds: service p50 "
@@ -582,17 +773,18 @@ def check_targets(r: ModelResult, cores: int) -> None:
             )
         )
     if r.name == "mnist" and svc is not None:
-        if floor is None:
-            add(None, f"c={c}: >= 80% of the HTTP floor", "floor not measured")
+        # Issue 18 replaced issue 5's "80% of the HTTP floor", which the CPU budget put out of
+        # reach on 2 cores; the floor share stays as information.
+        target = f"c={c}: >= {MNIST_BUDGET_SHARE:.0%} of the CPU budget"
+        if budget is None:
+            add(None, target, "floor or ceiling not measured")
         else:
+            share = svc.pairs_per_s / budget.pairs_per_s
+            add(share >= MNIST_BUDGET_SHARE, target, f"{share:.0%}")
+        if floor is not None:
             share = svc.pairs_per_s / floor.pairs_per_s
             detail = f"{svc.pairs_per_s:.0f} vs {floor.pairs_per_s:.0f} = {share:.0%}"
-            if budget is not None and 0.8 * floor.pairs_per_s > budget.pairs_per_s:
-                detail += (
-                    f"; out of reach here: 80% of the floor is {0.8 * floor.pairs_per_s:.0f} "
-                    f"pairs/s, over the CPU budget of {budget.pairs_per_s:.0f}"
-                )
-            add(share >= 0.8, f"c={c}: >= 80% of the HTTP floor", detail)
+            r.checks.append(("INFO", f"c={c}: share of the HTTP floor", detail))
     svc1, naive1 = r.find("service", 1), r.best_naive(1, "p50_ms")
     if r.paired is not None:
         pr = r.paired
@@ -628,6 +820,45 @@ def check_targets(r: ModelResult, cores: int) -> None:
     for p in r.points:
         if not p.server.startswith("service") and p.errors:
             add(None, f"{p.server} c={p.concurrency} errors", f"{p.errors}: comparison suspect")
+    check_peer(r)
+
+
+def check_peer(r: ModelResult) -> None:
+    """Issue 18's targets against TorchServe, from the side-by-side rounds."""
+    if not r.peer:
+        return
+
+    def add(ok: bool | None, target: str, detail: str) -> None:
+        r.checks.append(("SKIP" if ok is None else "PASS" if ok else "FAIL", target, detail))
+
+    services = [p for p in r.peer if p.server == "service"]
+    peer = next((p for p in r.peer if p.server == "TorchServe"), None)
+    c = TARGET_CONCURRENCY
+    vs_peer = [f"c={c}: >= {PEER_TARGET_RATIO}x TorchServe pairs/s and a lower p99"]
+    vs_peer.append("c=1: p50 below TorchServe's")
+    if peer is None or not services:
+        for target in vs_peer if r.name == "cifar10" else vs_peer[1:]:
+            add(None, target, r.peer_note or "TorchServe not measured")
+        return
+    fast = max(services, key=lambda p: p.c32_pairs_per_s)
+    if r.name == "cifar10":
+        ratio = fast.c32_pairs_per_s / peer.c32_pairs_per_s
+        add(
+            ratio >= PEER_TARGET_RATIO and fast.c32_p99_ms < peer.c32_p99_ms,
+            vs_peer[0],
+            f"service ({fast.engine}) {fast.c32_pairs_per_s:.0f} pairs/s, p99 "
+            f"{fast.c32_p99_ms:.0f} ms vs TorchServe {peer.c32_pairs_per_s:.0f} pairs/s, p99 "
+            f"{peer.c32_p99_ms:.0f} ms = x{ratio:.2f}",
+        )
+    quick = min(services, key=lambda p: p.c1_p50_ms)
+    add(
+        quick.c1_p50_ms < peer.c1_p50_ms,
+        vs_peer[1],
+        f"service ({quick.engine}) {quick.c1_p50_ms:.2f} ms vs TorchServe "
+        f"{peer.c1_p50_ms:.2f} ms; medians of {peer.rounds} alternating rounds",
+    )
+    errors = sum(p.errors for p in services)
+    add(errors == 0, "side by side: no service errors", f"{errors} failed requests")
 
 
 def render(
@@ -684,6 +915,8 @@ def render(
             "client CPU us/req",
         ]
         out += [report.table(headers, rows), ""]
+        if r.peer or r.peer_note:
+            out += [peer_table(r), ""]
         if r.ceiling:
             best, cheap = r.best_ceiling(), r.cheapest_ceiling()
             assert best is not None and cheap is not None
@@ -695,8 +928,8 @@ def render(
                 for setup in setups
             ]
             out += [
-                f"Model ceiling, images/s of inference alone (TorchScript, in-process, random "
-                f"uint8 input): best {best.images_per_s:.0f} images/s = "
+                f"Model ceiling, images/s of inference alone (each engine the service has, "
+                f"in-process, random uint8 input): best {best.images_per_s:.0f} images/s = "
                 f"**{best.pairs_per_s:.0f} pairs/s** at batch {best.batch}, {best.setup.label}. "
                 "Streams: that many threads side by side, as the service's inference workers. "
                 f"Cheapest in CPU: {cheap.cpu_ms_per_image:.3f} ms per image at batch "
@@ -719,6 +952,48 @@ def render(
     if workers_line:
         out += ["### Multi-worker serving", "", workers_line, ""]
     return "\n".join(out)
+
+
+def peer_table(r: ModelResult) -> str:
+    """The side-by-side section of one model (issue 18)."""
+    rounds = max((p.rounds for p in r.peer), default=0)
+    lines = [
+        f"Side by side (issue 18): every server up at once, {rounds} alternating rounds of c=1 "
+        f"then c={TARGET_CONCURRENCY}, medians over the rounds; same requests (TorchServe gets "
+        "them on its prediction path). Accuracy: test pairs, float32, as recorded in the card "
+        "for that engine (`training.evaluate`).",
+        "",
+    ]
+    if r.peer_note:
+        lines += [f"**{r.peer_note}**", ""]
+    headers = [
+        "server",
+        "engine",
+        "c=1 p50 ms",
+        "c=1 p99 ms",
+        f"c={TARGET_CONCURRENCY} pairs/s",
+        f"c={TARGET_CONCURRENCY} p99 ms",
+        "server CPU ms/pair",
+        "RSS MB",
+        "errors",
+        "accuracy",
+    ]
+    rows = [
+        [
+            p.server,
+            p.engine,
+            p.c1_p50_ms,
+            p.c1_p99_ms,
+            p.c32_pairs_per_s,
+            p.c32_p99_ms,
+            p.cpu_ms_per_pair,
+            p.rss_mb,
+            p.errors,
+            "-" if p.accuracy is None else f"{100 * p.accuracy:.2f}%",
+        ]
+        for p in r.peer
+    ]
+    return "\n".join(lines) + "\n" + report.table(headers, rows)
 
 
 if __name__ == "__main__":

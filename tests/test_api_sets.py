@@ -169,3 +169,15 @@ def test_too_many_pixels_and_too_many_bytes_are_413(make_settings):
         r = post_sets(client, [ones[0], big], ones[1:3])
         assert r.status_code == 413
         assert r.json()["detail"].startswith("set_a[1]: upload is over the limit")
+
+
+def test_the_request_pixel_budget_covers_both_sets_across_chunks(make_settings):
+    # Chunks of 2 images (queue_max 8 / 4), each well under the budget; together over it.
+    big = [png((200, 200), seed=i) for i in range(6)]  # 40,000 pixels each, 240,000 in all
+    settings = make_settings(
+        queue_max=8, max_matrix_images=2, max_candidates=1, max_request_pixels=150_000
+    )
+    with TestClient(create_app(settings)) as client:
+        r = post_sets(client, big[:3], big[3:])
+    assert r.status_code == 413, r.text
+    assert "max_request_pixels" in r.json()["detail"]

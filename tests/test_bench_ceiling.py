@@ -34,3 +34,27 @@ def test_grid_runs_every_cell_and_restores_the_thread_count(tmp_path: Path, setu
     assert all(p.images_per_s > 0 and p.pairs_per_s == p.images_per_s / 2 for p in points)
     assert all(p.cpu_ms_per_image > 0 for p in points)
     assert torch.get_num_threads() == before
+
+
+def test_each_onnx_engine_is_run_as_the_service_runs_it():
+    setups = ceiling_setups([1, 2], cores=2, engines=("torchscript", "onnx", "onnx-int8"))
+    onnx = [s for s in setups if s.engine != "torchscript"]
+    assert {(s.engine, s.threads, s.streams) for s in onnx} == {
+        (e, 1, n) for e in ("onnx", "onnx-int8") for n in (1, 2)
+    }
+    assert InferenceSetup(1, 2, "float32", "onnx").label == "2 streams x 1 thread, onnx"
+    assert ceiling_setups([1], cores=2) == ceiling_setups([1], cores=2, engines=("torchscript",))
+
+
+def test_grid_runs_the_onnx_engine(tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from training.export_onnx import fixture_images
+
+    card = export_tower(tmp_path / "m", channels=1, size=28, seed=0)
+    artifact.write_onnx(tmp_path / "m", fixture_images(card), checked_on="fixtures")
+    model = artifact.load(tmp_path / "m")
+    setup = InferenceSetup(1, 1, "float32", "onnx")
+    (point,) = inference_grid(model, [4], [setup], seconds=0.05)
+    assert point.setup == setup and point.images_per_s > 0 and point.cpu_ms_per_image > 0
+    with pytest.raises(ValueError, match="no onnx-int8 engine"):
+        inference_grid(model, [4], [InferenceSetup(1, 1, "float32", "onnx-int8")], seconds=0.05)

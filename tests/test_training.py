@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from app import artifact
-from training.config import PRESETS, parse_args
+from training.config import PRESETS, RUN_FIELDS, TrainConfig, parse_args
 from training.data import DataError, augment, load_dataset
 from training.losses import LOSSES, LossSpec, build_loss
 from training.nets import build_tower
 from training.reference_stats import add_reference_stats
-from training.train import TrainModel, main
+from training.train import TrainModel, adapt_batch_size, main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MNIST_SMALL = FIXTURES / "mnist_small"
@@ -153,6 +153,9 @@ def _small_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
         *("--out", str(out), "--run-dir", str(tmp_path / "run")),
         *("--widths", "8", "16", "--embedding-dim", "16", "--batch-size", "64", "--epochs", "3"),
         *("--lr", "0.05", "--plots", "false", "--threads", "1"),
+        # 3 epochs on 230 digits: too little for the collapse guard and the small-data batch
+        # rule, which have tests of their own; these tests are about the export itself.
+        *("--force", "--min-steps-per-epoch", "0"),
         *extra,
     ]
 
@@ -331,3 +334,177 @@ def test_logits_readout_exports_the_classifier_scores_as_the_embedding():
         assert tower(x).shape == (5, 8)  # the trained tower itself is left as it was
     with pytest.raises(SystemExit, match="needs --loss softmax"):
         main(_small_args(Path("/nonexistent"), Path("/nonexistent/x"), "--readout", "logits"))
+
+
+def _noise_folder(root: Path, classes: int, per_class: int, size: int = 28) -> Path:
+    """Class folders of random-noise PNGs: real image files whose labels cannot be learnt."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"class{c:02d}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (size, size), generator=g, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy(), mode="L").save(root / f"class{c:02d}" / f"{i}.png")
+    return root
+
+
+def test_config_rejects_bad_choices_before_loading_any_data(tmp_path):
+    with pytest.raises(ValueError, match="loss = 'nonsense' is not valid; choose one of .*cosface"):
+        TrainConfig(loss="nonsense")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="optimizer = 'adam' .* sgd, adamw, rmsprop"):
+        TrainConfig(optimizer="adam")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dataset = 'imagenet' .* folder:PATH"):
+        TrainConfig(dataset="imagenet")
+    with pytest.raises(ValueError, match="readout = 'logits' needs loss = 'softmax'"):
+        TrainConfig(readout="logits")
+    # the CLI turns them into a usage error (exit 2) before touching the (absent) data
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--pad", "mirror", "--data-dir", str(tmp_path / "nowhere")])
+    assert e.value.code == 2
+
+
+def test_help_explains_every_option_with_its_choices(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in TrainConfig.__dataclass_fields__:
+        flag = "--" + f.replace("_", "-")
+        assert flag in text, flag
+    assert "{sgd,adamw,rmsprop}" in text and "{auto,images,classes}" in text
+    assert "(default: " in text and " () (default" not in text  # no option left without words
+    from training.evaluate import main as evaluate_main
+
+    with pytest.raises(SystemExit):
+        evaluate_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--dataset", "--test-fraction", "--pairs", "--plots DIR", "--precision"):
+        assert flag in text
+    assert "{float32,bfloat16}" in text
+
+
+def test_out_defaults_to_model_store_name_and_is_never_overwritten(tmp_path, caplog):
+    cfg = parse_args(["--dataset", f"folder:{tmp_path / 'signatures'}"])
+    assert cfg.out == Path("model_store/signatures") and cfg.name == "signatures"
+    assert parse_args(["--dataset", "folder:/x/y", "--name", "sig"]).out == Path("model_store/sig")
+    assert parse_args(["--preset", "mnist"]).out == Path("model_store/mnist")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.json").write_text("{}")
+    assert main(_small_args(tmp_path, tmp_path / "m")) == 3
+    assert "already holds a model" in caplog.text and "--overwrite" in caplog.text
+    assert (tmp_path / "m" / "model.json").read_text() == "{}"  # untouched
+
+
+def test_small_data_shrinks_the_batch_or_says_which_flag_to_change():
+    cfg = TrainConfig(batch_size=256, min_steps_per_epoch=8)
+    assert adapt_batch_size(cfg, 54_000, 1) == 256  # plenty of data: the recipe as written
+    assert adapt_batch_size(cfg, 540, 1) == 67  # 10 classes x 60 images: 8 steps, not 2
+    assert adapt_batch_size(cfg, 100, 1) == 32  # never below 32
+    from training.train import TrainingRefused
+
+    with pytest.raises(TrainingRefused, match="--batch-size"):
+        adapt_batch_size(cfg, 20, 1)
+    assert adapt_batch_size(TrainConfig(batch_size=256, min_steps_per_epoch=0), 540, 1) == 256
+
+
+@pytest.mark.slow
+def test_collapsed_small_run_is_refused_unless_forced(tmp_path, caplog):
+    """Noise with 4 labels: nothing to learn, so the tower is no better than chance and must not
+    be exported silently; --force exports it and the card says why it should not be trusted."""
+    data = _noise_folder(tmp_path / "noise", classes=4, per_class=40)
+    args = [
+        *("--dataset", f"folder:{data}", "--channels", "1", "--out", str(tmp_path / "m")),
+        *("--run-dir", str(tmp_path / "run"), "--widths", "8", "16", "--embedding-dim", "8"),
+        *("--epochs", "2", "--plots", "false", "--threads", "1"),
+    ]
+    assert main(args) == 3
+    assert "validation ROC AUC" in caplog.text and "--force" in caplog.text
+    assert not (tmp_path / "m" / "model.json").exists()
+
+    assert main([*args, "--force"]) == 0
+    card = artifact.load(tmp_path / "m").card
+    assert "below --min-val-auc" in card.metrics["forced_export"]
+    assert card.training["batch_size"] == 32  # 256 would be 0 steps on 116 images
+    by_p = card.metrics["by_precision"]
+    assert set(by_p) == {"float32", "bfloat16"}
+    for p in by_p.values():
+        assert set(p) == {"pair_accuracy", "roc_auc", "eer"} and 0 <= p["pair_accuracy"] <= 1
+    assert by_p["float32"]["pair_accuracy"] == card.metrics["test"]["accuracy"]
+    made = card.training["provenance"]
+    assert len(made["git_commit"]) == 40 and isinstance(made["git_clean"], bool)
+    assert made["command"].startswith("python -m training.train --dataset folder:")
+    assert made["command"].endswith("--force")
+
+
+def test_class_disjoint_validation_split(tmp_path):
+    data = _noise_folder(tmp_path / "many", classes=20, per_class=3, size=8)
+    cfg = TrainConfig(dataset=f"folder:{data}")
+    assert cfg.resolved_val_split(20) == "classes" and cfg.resolved_val_split(10) == "images"
+    assert TrainConfig(dataset="mnist").resolved_val_split(10) == "images"
+    b = load_dataset(f"folder:{data}", tmp_path, channels=1, cache_dir=None, val_class_fraction=0.2)
+    assert len(b.val_classes) == 4
+    held = torch.tensor([b.classes.index(c) for c in b.val_classes])
+    assert torch.isin(b.val.labels, held).all()  # val is exactly the held classes...
+    assert not torch.isin(b.train.labels, held).any()  # ...which training never sees
+    assert set(b.test.labels.tolist()) == set(range(20))  # test keeps every class
+    with pytest.raises(DataError, match="--val-split images"):
+        load_dataset(
+            f"folder:{data}",
+            tmp_path,
+            channels=1,
+            cache_dir=None,
+            val_class_fraction=0.2,
+            exclude_classes=[f"class{i:02d}" for i in range(17)],
+        )
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_whole_folder_and_never_rewrites_model_plots(
+    tmp_path, capsys, small_mnist
+):
+    out = _train_small(tmp_path)
+    from training.evaluate import main as evaluate_main
+
+    def run(*extra: str) -> dict:
+        assert evaluate_main([str(out), "--json", str(tmp_path / "e.json"), *extra]) == 0
+        return json.loads((tmp_path / "e.json").read_text())
+
+    whole = run("--dataset", f"folder:{MNIST_SMALL}")
+    assert whole["images"] == 300 and whole["test"]["pairs"] == 600  # no re-split
+    assert run("--dataset", f"folder:{MNIST_SMALL}", "--pairs", "100")["test"]["pairs"] == 100
+    half = run("--dataset", f"folder:{MNIST_SMALL}", "--test-fraction", "0.5")
+    assert half["images"] == 150
+    assert run()["images"] == len(small_mnist.test)  # the card's data set: the trainer's split
+
+    (out / "roc.png").write_bytes(b"committed")
+    with pytest.raises(SystemExit):
+        evaluate_main([str(out), "--plots", str(out)])
+    assert "would rewrite" in capsys.readouterr().err
+    run("--plots", str(tmp_path / "plots"))
+    assert (out / "roc.png").read_bytes() == b"committed"
+    assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
+
+
+def test_presets_are_valid_configs_and_run_fields_are_not_recipe():
+    for name, values in PRESETS.items():
+        TrainConfig(**values, preset=name)  # raises on any invalid choice
+    assert "epochs" not in RUN_FIELDS and "out" in RUN_FIELDS
+    assert (
+        PRESETS["seed-fashion"]["loss"] == "contrastive" and PRESETS["seed-fashion"]["margin"] == 1
+    )
+
+
+def test_few_shot_identifies_enrolled_classes_and_rejects_the_others():
+    from training.evaluate import few_shot
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    centres = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    emb = centres[labels] + 0.1 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]).repeat(3, 1)
+    got = few_shot(emb, labels, enrolled=[0, 1], k=1, threshold=0.5)
+    assert got["probes"] == 4 and got["never_enrolled_probes"] == 3
+    assert got["top1"] == 1.0 and got["accepted_enrolled"] == 1.0
+    assert got["rejected_never_enrolled"] == 1.0
+    strict = few_shot(emb, labels, enrolled=[0, 1], k=1, threshold=0.01)
+    assert strict["accepted_enrolled"] == 0.0  # too tight a threshold rejects everyone
+    loose = few_shot(emb, labels, enrolled=[0, 1], k=1, threshold=10.0)
+    assert loose["rejected_never_enrolled"] == 0.0  # too loose accepts strangers

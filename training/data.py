@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class DataBundle:
     train: Split
     val: Split  # carved out of the training images: thresholds are calibrated here, never on test
     test: Split
+    val_classes: list[str] = field(default_factory=list)  # classes held out of training for val
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -182,11 +183,15 @@ def load_dataset(
     exclude_classes: list[str] | None = None,
     cache_dir: Path | None = Path(".cache/imgsim"),
     download: bool = True,
+    val_class_fraction: float = 0.0,
 ) -> DataBundle:
     """Load ``spec`` (mnist, fashion-mnist, cifar10 or folder:PATH) with a stratified val split.
 
     ``exclude_classes`` are removed from train and val (never seen in training) but kept in test,
-    so evaluation can report seen and unseen classes separately.
+    so evaluation can report seen and unseen classes separately. ``val_class_fraction`` > 0 makes
+    the validation split class-disjoint: that share of the (remaining) classes leaves training
+    and all their training images become the validation split, so the threshold is calibrated on
+    classes the tower never saw, as a user's new classes will be.
     """
     data_dir = Path(data_dir)
     if spec == "mnist":
@@ -219,16 +224,30 @@ def load_dataset(
     else:
         raise DataError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASETS)}")
 
-    rest, held = stratified_split(train.labels, val_fraction, seed)
-    val, train = train.subset(held), train.subset(rest)
+    unknown = sorted(set(exclude_classes or []) - set(classes))
+    if unknown:
+        raise DataError(f"--exclude-classes {unknown} not in classes {classes}")
+    if val_class_fraction > 0:
+        kept = [c for c in classes if c not in (exclude_classes or [])]
+        k = max(2, round(len(kept) * val_class_fraction))
+        if len(kept) - k < 2:
+            raise DataError(
+                f"a class-disjoint validation split needs at least 4 classes, {len(kept)} left; "
+                f"pass --val-split images"
+            )
+        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))
+        val_classes = sorted(kept[i] for i in order[:k].tolist())
+        held_mask = torch.isin(train.labels, torch.tensor([classes.index(c) for c in val_classes]))
+        val, train = train.subset(held_mask), train.subset(~held_mask)
+    else:
+        val_classes = []
+        rest, held = stratified_split(train.labels, val_fraction, seed)
+        val, train = train.subset(held), train.subset(rest)
     if exclude_classes:
-        unknown = sorted(set(exclude_classes) - set(classes))
-        if unknown:
-            raise DataError(f"--exclude-classes {unknown} not in classes {classes}")
         drop = torch.tensor([classes.index(c) for c in exclude_classes])
         train = train.subset(~torch.isin(train.labels, drop))
         val = val.subset(~torch.isin(val.labels, drop))
-    return DataBundle(spec, classes, train, val, test)
+    return DataBundle(spec, classes, train, val, test, val_classes)
 
 
 def augment(

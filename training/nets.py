@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("seed", "convnet", "airbench")
+ARCHS = ("seed", "keras", "convnet", "airbench")
 
 
 class Tower(nn.Module):
@@ -189,6 +189,34 @@ class SeedConvNet(nn.Module):
         return self.body(x)
 
 
+class KerasTutorialNet(nn.Module):
+    """The tower of the Keras Siamese tutorial (keras.io/examples/vision/siamese_contrastive):
+    BatchNorm, conv 4@5x5 tanh, avg-pool, conv 16@5x5 tanh, avg-pool, BatchNorm, dense 10 tanh.
+
+    (N, C, H, W) -> (N, 10); the dense layer is part of the backbone because of its tanh.
+    """
+
+    def __init__(self, channels: int, height: int, width: int) -> None:
+        super().__init__()
+        flat = 16 * (((height - 4) // 2 - 4) // 2) * (((width - 4) // 2 - 4) // 2)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.Conv2d(channels, 4, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(4, 16, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.BatchNorm1d(flat),
+            nn.Linear(flat, 10),
+            nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def build_tower(
     arch: str,
     *,
@@ -206,6 +234,8 @@ def build_tower(
     if arch == "seed":
         backbone: nn.Module = SeedConvNet(channels, height, width)
         features = 256
+    elif arch == "keras":
+        backbone, features = KerasTutorialNet(channels, height, width), 10
     elif arch == "convnet":
         backbone, features = ConvGroups(channels, widths), widths[-1]
     elif arch == "airbench":
@@ -221,5 +251,5 @@ def build_tower(
         normalize,
         flip_tta,
         shift_tta,
-        head=arch != "airbench",
+        head=arch not in ("airbench", "keras"),
     )

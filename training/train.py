@@ -1,16 +1,17 @@
 """Train an embedding tower with a metric-learning objective and export it to model_store/.
 
-    python -m training.train --dataset mnist --data-dir ../shared/data --out model_store/mnist
-    python -m training.train --dataset cifar10 --data-dir ../shared/data --out model_store/cifar10
-    python -m training.train --preset seed-mnist --out runs/seed-mnist/model  # classic recipe
-    python -m training.train --dataset folder:/data/signatures --channels 1 --image-size 64 \
-        --out model_store/signatures                                         # any class folders
+    make train DATASET=folder:/data/signatures NAME=signatures ARGS="--channels 1 --image-size 64"
+    python -m training.train --dataset folder:/data/signatures --channels 1 --image-size 64
+                                                      # the same: exports model_store/signatures
+    python -m training.train --preset mnist --out runs/mnist     # make train-mnist: shipped recipe
+    python -m training.train --preset seed-fashion --out runs/seed-fashion/model  # Keras tutorial
     torchrun --nproc-per-node 2 -m training.train ...                        # DDP
 
 One loop, top to bottom: data as uint8 tensors in memory, whole-batch augmentation, a tower whose
 forward is the exported contract (uint8 in, embedding out), a loss from pytorch-metric-learning,
 validation AUC each epoch, a checkpoint each epoch (``--resume`` continues), then calibration on the
-validation split, test metrics, export (app/artifact.py) and plots.
+validation split, a refusal if validation shows a collapsed tower (``--force``), test metrics in
+float32 and bfloat16, export (app/artifact.py) and plots. docs/training.md explains the guards.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,8 +35,8 @@ from app import artifact
 from app.config import usable_cores
 from training.calibrate import balanced_pairs, calibrate, pair_distances, verification_metrics
 from training.config import TrainConfig, parse_args
-from training.data import DataBundle, Split, augment, load_dataset
-from training.evaluate import compute_metrics, embed_all
+from training.data import DataBundle, DataError, Split, augment, load_dataset
+from training.evaluate import compute_metrics, embed_all, subset_metrics
 from training.losses import CLASSIFIER_LOSSES, RAW_EMBEDDING_LOSSES, LossSpec, build_loss
 from training.nets import Tower, build_tower
 from training.reference_stats import embedding_stats
@@ -95,11 +97,6 @@ def build_model(
 ) -> tuple[TrainModel, torch.optim.Optimizer]:
     """Tower + loss (channels_last) and their optimiser, exactly as the recipe in ``cfg`` says."""
     c, h, w = shape
-    if cfg.arch == "airbench" and cfg.embedding_dim != cfg.widths[-1]:
-        raise SystemExit(
-            f"--arch airbench embeds with its {cfg.widths[-1]} pooled features (no head): "
-            f"pass --embedding-dim {cfg.widths[-1]}"
-        )
     tower = build_tower(
         cfg.arch,
         channels=c,
@@ -113,10 +110,6 @@ def build_model(
         flip_tta=cfg.flip_tta,
         shift_tta=cfg.shift_tta,
     )
-    if cfg.readout not in ("features", "logits"):
-        raise SystemExit(f"--readout must be features or logits, not {cfg.readout!r}")
-    if cfg.readout == "logits" and cfg.loss != "softmax":
-        raise SystemExit("--readout logits needs --loss softmax (its classifier is the readout)")
     if cfg.loss in CLASSIFIER_LOSSES and not cfg.normalize:
         raise SystemExit(f"--loss {cfg.loss} needs --normalize true (it works on the unit sphere)")
     spec = LossSpec(
@@ -149,8 +142,8 @@ def build_model(
         )
     elif cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    else:
-        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    else:  # rmsprop, with Keras's defaults (rho 0.9, eps 1e-7)
+        opt = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-7)
     return model, opt
 
 
@@ -288,6 +281,79 @@ def train_one_epoch(
     }
 
 
+def provenance(argv: list[str] | None) -> dict[str, object]:
+    """What a card needs to be re-made: the git commit, whether the tree had local changes, and
+    the exact command line."""
+    import shlex
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+                cwd=Path(__file__).parents[1],  # the code's repository, wherever the run starts
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "git_commit": commit,
+        "git_clean": None if status is None else status == "",
+        "command": shlex.join(["python", "-m", "training.train", *args]),
+    }
+
+
+MIN_BATCH = 32  # below this BatchNorm statistics and in-batch pairs get too noisy
+
+
+def adapt_batch_size(cfg: TrainConfig, n_train: int, world: int) -> int:
+    """The batch size to train with: cfg.batch_size, shrunk (not below MIN_BATCH) so that an
+    epoch has at least cfg.min_steps_per_epoch steps. 256 images a step on 540 images is 2 steps
+    an epoch: 8 steps in a 4-epoch run, which collapses rather than learns."""
+    batch = cfg.batch_size
+    if cfg.min_steps_per_epoch > 0 and n_train // (batch * world) < cfg.min_steps_per_epoch:
+        batch = max(MIN_BATCH, n_train // (cfg.min_steps_per_epoch * world))
+        if cfg.m_per_class:  # MPerClassSampler needs a multiple of m
+            batch = max(cfg.m_per_class, batch - batch % cfg.m_per_class)
+        batch = min(batch, cfg.batch_size)
+    if n_train // (batch * world) == 0:
+        raise TrainingRefused(
+            f"{n_train} training images is less than one batch of {batch * world}: "
+            f"add images or pass a smaller --batch-size"
+        )
+    return batch
+
+
+class TrainingRefused(RuntimeError):
+    """The run cannot give a usable model; the message says why and which flag changes that."""
+
+
+def collapse_reason(val: dict[str, float], val_d: np.ndarray, min_auc: float) -> str | None:
+    """Why the validation pairs say the tower is collapsed, or None. A collapsed tower maps every
+    image to (nearly) one point: different-class pairs then sit as close as same-class ones (AUC
+    near 0.5) or all distances shrink towards 0 (the threshold with them)."""
+    if val["roc_auc"] < min_auc:
+        return (
+            f"validation ROC AUC {val['roc_auc']:.3f} is below --min-val-auc {min_auc} "
+            f"(0.5 is chance): the tower does not tell the classes apart"
+        )
+    spread = float(np.median(val_d))
+    if spread < 1e-3:
+        return (
+            f"the median validation pair distance is {spread:.2g}: every image embeds to nearly "
+            f"the same point"
+        )
+    return None
+
+
 def weights_digest(module: nn.Module) -> str:
     """sha256 of the trainable parameters (BatchNorm running stats are per rank by design: DDP
     broadcasts rank 0's at each forward, and rank 0 exports)."""
@@ -298,7 +364,8 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
+    made = provenance(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = pick_device(cfg.device)
@@ -321,6 +388,9 @@ def train(cfg: TrainConfig) -> dict:
         image_size=cfg.image_size or None,
         exclude_classes=cfg.exclude_classes,
         download=cfg.download,
+        val_class_fraction=cfg.val_class_fraction
+        if cfg.resolved_val_split(num_classes_of(cfg)) == "classes"
+        else 0.0,
     )
     train_split = bundle.train
     if cfg.max_train_images and len(train_split) > cfg.max_train_images:
@@ -331,11 +401,20 @@ def train(cfg: TrainConfig) -> dict:
     model, opt = build_model(cfg, (c, h, w), len(bundle.classes), mean, std)
     model = model.to(device)
     tower = model.tower
-    steps_per_epoch = len(epoch_batches(train_split.labels, cfg, 0, rank, world))
-    if steps_per_epoch == 0:
-        raise SystemExit(
-            f"{len(train_split)} training images is less than one batch of {cfg.batch_size * world}"
+    batch = adapt_batch_size(cfg, len(train_split), world)
+    if batch != cfg.batch_size:
+        log.warning(
+            "batch size %d -> %d: %d training images would make epochs of %d steps "
+            "(--min-steps-per-epoch %d); the card records %d",
+            cfg.batch_size,
+            batch,
+            len(train_split),
+            len(train_split) // (cfg.batch_size * world),
+            cfg.min_steps_per_epoch,
+            batch,
         )
+        cfg.batch_size = batch  # the card must record the batch the weights were trained with
+    steps_per_epoch = len(epoch_batches(train_split.labels, cfg, 0, rank, world))
     if hasattr(tower.backbone, "init_whitening"):
         tower.backbone.init_whitening(tower.standardize(train_split.images[:5000]))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambdas(cfg, steps_per_epoch))
@@ -374,6 +453,7 @@ def train(cfg: TrainConfig) -> dict:
             world,
         )
     t_start = time.perf_counter() - sum(e.get("epoch_seconds", 0) for e in history)
+    cpu_start = time.process_time()  # all threads of this process; the box may be shared
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_one_epoch(
             train_model, opt, sched, train_split, cfg, epoch, device, rank, world, lookahead
@@ -407,6 +487,7 @@ def train(cfg: TrainConfig) -> dict:
             )
             tmp.replace(ckpt_path)  # atomic: a crash mid-save never leaves a broken checkpoint
     train_seconds = time.perf_counter() - t_start
+    cpu_seconds = time.process_time() - cpu_start
 
     if world > 1:
         (cfg.run_dir / f"weights-rank{rank}.sha256").parent.mkdir(parents=True, exist_ok=True)
@@ -415,7 +496,9 @@ def train(cfg: TrainConfig) -> dict:
     result: dict = {"history": history}
     if rank == 0:
         exported = readout_tower(tower, model.loss, cfg.readout)
-        result = export(exported.cpu().eval(), bundle, cfg, history, train_seconds)
+        result = export(
+            exported.cpu().eval(), bundle, cfg, history, train_seconds, cpu_seconds, made
+        )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -423,26 +506,53 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def export(
-    tower: Tower, bundle: DataBundle, cfg: TrainConfig, history: list[dict], train_seconds: float
+    tower: Tower,
+    bundle: DataBundle,
+    cfg: TrainConfig,
+    history: list[dict],
+    train_seconds: float,
+    cpu_seconds: float | None = None,
+    made: dict | None = None,
 ) -> dict:
-    """Calibrate on validation pairs, measure on test pairs, write the artifact and plots."""
+    """Calibrate on validation pairs, refuse a collapsed tower, measure on test pairs in every
+    precision the service may run, write the artifact and plots."""
     val_emb = embed_all(tower, bundle.val.images)
     a, b, same = balanced_pairs(bundle.val.labels, seed=0)
     val_d = pair_distances(val_emb, a, b)
     threshold, calibration = calibrate(val_d, same.numpy())
+    val_metrics = verification_metrics(val_d, same.numpy(), threshold)
+    reason = collapse_reason(val_metrics, val_d, cfg.min_val_auc)
+    if reason and not cfg.force:
+        raise TrainingRefused(
+            f"not exporting to {cfg.out}: {reason} (threshold {threshold:.4g}). Train longer or "
+            f"on more images per class, or pass --force to export it anyway"
+        )
     test_emb = embed_all(tower, bundle.test.images)
     from training.evaluate import PAIR_SEED
 
     metrics = compute_metrics(
         test_emb, bundle.test.labels, threshold, bundle.classes, cfg.exclude_classes
     )
-    metrics["val"] = verification_metrics(val_d, same.numpy(), threshold)
+    metrics["val"] = val_metrics
+    metrics["val_split"] = (
+        {"kind": "classes", "classes": bundle.val_classes}
+        if bundle.val_classes
+        else {"kind": "images", "fraction": cfg.val_fraction}
+    )
+    if reason:
+        metrics["forced_export"] = reason
     metrics["train_seconds"] = round(train_seconds, 1)
+    if cpu_seconds is not None:
+        metrics["train_cpu_seconds"] = round(cpu_seconds, 1)
     metrics["train_images_per_s"] = (
         round(float(np.mean([e["images_per_s"] for e in history])), 1) if history else None
     )
-    metrics["machine"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    metrics["machine"] = (
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, load average {load:.1f} at export"
+    )
     c, h, w = bundle.shape
+    training = cfg.to_json() | {"provenance": made or provenance(None)}
     card = artifact.write(
         cfg.out,
         tower,
@@ -454,9 +564,25 @@ def export(
         threshold=threshold,
         calibration=calibration,
         metrics=metrics,
-        training=cfg.to_json(),
+        training=training,
         embedding_stats=embedding_stats(val_emb),  # the drift monitor's reference (app/drift.py)
     )
+    # The service may run the exported module in bfloat16 (app/precision.py): measure the saved
+    # TorchScript file in both, so the card says what users get in either.
+    saved = artifact.load_module(cfg.out / artifact.MODEL_FILE)
+    by_precision = {}
+    for precision in ("float32", "bfloat16"):
+        emb = embed_all(saved, bundle.test.images, precision=precision)
+        t = subset_metrics(emb, bundle.test.labels, threshold)
+        by_precision[precision] = {
+            "pair_accuracy": t["accuracy"],
+            "roc_auc": t["roc_auc"],
+            "eer": t["eer"],
+        }
+    card.metrics["by_precision"] = by_precision
+    tmp = cfg.out / (artifact.CARD_FILE + ".tmp")
+    tmp.write_text(card.model_dump_json(indent=2) + "\n")
+    tmp.replace(cfg.out / artifact.CARD_FILE)
     (cfg.run_dir / "history.json").parent.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "history.json").write_text(json.dumps(history, indent=2))
     if cfg.plots:
@@ -466,16 +592,42 @@ def export(
         plots.evaluation_plots(cfg.out, test_emb, bundle.test, threshold, bundle.classes, PAIR_SEED)
     t = metrics["test"]
     log.info(
-        "exported %s (%s): test pair accuracy %.4f  AUC %.5f  EER %.4f  threshold %.4f  in %.0f s",
+        "exported %s (%s): test pair accuracy %.4f  AUC %.5f  EER %.4f  threshold %.4f  "
+        "bfloat16 accuracy %.4f  in %.0f s (%.0f s CPU)",
         cfg.out,
         card.version,
         t["accuracy"],
         t["roc_auc"],
         t["eer"],
         threshold,
+        by_precision["bfloat16"]["pair_accuracy"],
         train_seconds,
+        cpu_seconds or float("nan"),
     )
     return {"card": card.model_dump(), "history": history}
+
+
+def num_classes_of(cfg: TrainConfig) -> int:
+    """Classes of the data set, without loading it (for the auto validation split)."""
+    if cfg.dataset.startswith("folder:"):
+        from training.data import list_class_folders
+
+        root = Path(cfg.dataset.removeprefix("folder:"))
+        root = root / "train" if (root / "train").is_dir() else root
+        try:
+            return len(list_class_folders(root)[0])
+        except DataError:
+            return 0  # load_dataset reports the real problem
+    return 10
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """Never replace a model silently: a forgotten --out used to overwrite the shipped mnist."""
+    if (cfg.out / artifact.CARD_FILE).exists() and not cfg.overwrite and not cfg.resume:
+        raise TrainingRefused(
+            f"{cfg.out} already holds a model ({artifact.CARD_FILE}); pass --out to another "
+            f"folder, or --overwrite to replace it"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,13 +635,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg = parse_args(argv, description=__doc__.split("\n")[0])
-    from training.data import DataError
-
     try:
-        train(cfg)
+        check_out(cfg)
+        train(cfg, argv)
     except DataError as e:
         log.error("%s", e)
         return 2
+    except TrainingRefused as e:
+        log.error("%s", e)
+        return 3
     return 0
 
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app import engines
 from app.api.deps import RegistryDep
 from app.schemas import FailedModel, ModelInfo, ModelsResponse, errors
 
 router = APIRouter(tags=["models"])
 
 # The card minus its training config (long, and of no use to a client) and the raw sha256.
-CARD_FIELDS = set(ModelInfo.model_fields) - {
+SERVER_FIELDS = {
     "name",
     "default",
     "precision",
     "precision_note",
     "inference_workers",
+    "engine",
+    "engines",
 }
+CARD_FIELDS = set(ModelInfo.model_fields) - SERVER_FIELDS
 
 
 @router.get(
@@ -30,9 +34,11 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
         ModelInfo(
             name=name,
             default=name == registry.default,
-            precision=served.batcher.precision if served.batcher else "float32",
+            precision=served.precision,
             precision_note=served.precision_note,
             inference_workers=served.batcher.workers if served.batcher else 0,
+            engine=served.engine,
+            engines=list(engines.loaded(served)),
             **served.card.model_dump(include=CARD_FIELDS),
         )
         for name, served in registry.models.items()

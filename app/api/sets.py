@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, HTTPException, UploadFile
 
 from app.api.deps import ImageJobDep
 from app.api.uploads import UploadRoute, max_files, read_image
+from app.embedding import check_request_pixels, request_pixels
 from app.images import ACCEPTED, ImageError, TooLarge
 from app.schemas import SetDistanceResponse, errors
 from app.setdistance import GaussianStats, frechet_distance, mean_distance
@@ -45,6 +46,9 @@ async def set_distance(set_a: SetFiles, set_b: SetFiles, job: ImageJobDep) -> Se
         await read_image(upload, field, settings, metrics)
         for field, upload in zip(fields, [*set_a, *set_b], strict=True)
     ]
+    # The request's pixel budget covers both sets, though they are embedded in several calls.
+    total = await asyncio.to_thread(request_pixels, blobs, model, settings)
+    check_request_pixels(total, settings)
     # In chunks of a quarter of the queue: a set is up to 2 x 256 images, more than the queue
     # holds, and a request should leave room for the others sharing the model.
     chunk = max(1, settings.queue_max // 4)

@@ -65,8 +65,11 @@ CMD ["python", "-m", "training.train", "--help"]
 FROM torch AS runtime
 COPY pyproject.toml README.md /build/
 COPY app/ /build/app/
-# torch is already satisfied, so this adds only the service's own dependencies and `app`.
-RUN pip install --no-cache-dir /build \
+# torch is already satisfied, so this adds only the service's own dependencies and `app`, with
+# the serving extras: faiss for large galleries, psycopg for IMGSIM_GALLERY_URL=postgresql://...
+# (the compose `postgres` profile, the Kubernetes Secret's gallery-url), onnxruntime for the
+# shipped models' model.onnx (IMGSIM_INFERENCE_ENGINE=auto picks the faster engine).
+RUN pip install --no-cache-dir "/build[faiss,postgres,onnx]" \
     && rm -rf /build
 COPY model_store/ /srv/model_store/
 # The state directory belongs to the service's user: a named volume mounted here starts as a

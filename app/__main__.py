@@ -22,8 +22,6 @@ from app.config import Settings
 from app.connections import uvicorn_options
 from app.observability import configure_logging
 
-WORKER_HEALTHCHECK_S = 120
-
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
@@ -57,16 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers > 1:
             # Each worker process builds its own app (and loads every model) from IMGSIM_*.
-            # The supervisor pings each worker and kills one that does not answer in time; a
-            # worker loading and warming up its models on a busy machine holds the GIL for
-            # seconds at a stretch, and uvicorn's 5 s default killed every one in a loop.
-            uvicorn.run(
-                "app.main:create_app",
-                factory=True,
-                workers=args.workers,
-                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
-                **options,
-            )
+            uvicorn.run("app.main:create_app", factory=True, workers=args.workers, **options)
         else:
             # Imported here: with --workers the supervisor process never needs torch (~700 MB).
             from app.main import create_app

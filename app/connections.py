@@ -74,4 +74,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "timeout_keep_alive": settings.keep_alive_s,
         "limit_concurrency": settings.max_connections,
+        # With --workers, uvicorn kills a worker that does not answer its health check within
+        # this; one that is importing torch and loading models on a busy machine can take far
+        # longer than uvicorn's 5 s, and was then killed and restarted over and over.
+        "timeout_worker_healthcheck": 60,
     }

@@ -8,7 +8,6 @@ read. The pixel count comes from the header and is checked before any pixel is d
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import io
 from collections.abc import Callable
 from typing import Literal
@@ -153,10 +152,9 @@ def _round16(n: int) -> int:
 
 
 def _load_libc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+    try:  # the symbols of the running process: glibc's when it is linked against glibc
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:  # not glibc (musl, macOS): nothing to trim
         return None
 
 

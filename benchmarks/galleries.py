@@ -66,13 +66,15 @@ def synthetic(n: int, queries: int, seed: int = 0) -> tuple[Snapshot, np.ndarray
     embs = unit(centres[codes] + noise)  # (N, D), rows of one subject contiguous
     asked = rng.integers(0, subjects, queries)
     q_noise = rng.standard_normal((queries, DIM), dtype=np.float32) * (NOISE / np.sqrt(DIM))
+    names = [f"s{i:07d}" for i in range(subjects)]
     snap = Snapshot(
         (1, 1),
         BINDING,
         np.arange(1, n + 1, dtype=np.int64),
         codes.astype(np.int64),
-        [f"s{i:07d}" for i in range(subjects)],
+        names,
         embs,
+        {s: i for i, s in enumerate(names)},
     )
     return snap, unit(centres[asked] + q_noise)
 

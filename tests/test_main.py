@@ -91,6 +91,11 @@ def test_openapi_describes_every_endpoint(client):
         "/models/{model}/profiles", "/models/{model}/profiles/{name}", "/models/{model}/card",
         "/models/{model}/plots/{plot}",
         "/similarity/sets", "/models/{model}/drift",
+        "/galleries", "/galleries/{gallery}", "/galleries/{gallery}/subjects",
+        "/galleries/{gallery}/subjects/{subject}", "/galleries/{gallery}/subjects/{subject}/images",
+        "/galleries/{gallery}/subjects/{subject}/images/{image_id}",
+        "/galleries/{gallery}/verify", "/galleries/{gallery}/identify",
+        "/galleries/{gallery}/reembed",
     }  # fmt: skip
     verify = paths["/verify"]["post"]
     assert {"400", "404", "413", "422", "503"} <= set(verify["responses"])

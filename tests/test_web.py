@@ -10,7 +10,9 @@ import pytest
 from app.web import STATIC
 
 HOOKS = ["model-select", "image-a", "image-b", "submit", "verdict", "distance", "similarity",
-         "threshold", "far", "error"]  # fmt: skip
+         "threshold", "far", "error",
+         "gallery-name", "subject-name", "enroll-images", "enroll-submit", "identify-image",
+         "identify-submit", "match", "identify-candidates"]  # fmt: skip
 
 
 def test_page_is_served_with_every_test_hook(client):
@@ -18,6 +20,9 @@ def test_page_is_served_with_every_test_hook(client):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     for hook in HOOKS:
         assert f'data-testid="{hook}"' in r.text, hook
+    # one element per hook: Playwright's get_by_test_id refuses an ambiguous one
+    hooks = re.findall(r'data-testid="([^"]+)"', r.text)
+    assert sorted(h for h in set(hooks) if hooks.count(h) > 1) == []
     for asset in ("/static/app.js", "/static/app.css"):
         assert asset in r.text
         assert client.get(asset).status_code == 200

@@ -191,3 +191,109 @@ def test_one_query_against_candidates_is_ranked(page, shots):
     first = page.inner_text("#rank-results li:first-child")
     assert first.startswith("seven_b.png: same")
     page.screenshot(path=str(shots / "web-rank.png"))
+
+
+def enroll(page, gallery: str, subject: str, images: list[Path]) -> str:
+    by(page, "gallery-name").fill(gallery)
+    by(page, "subject-name").fill(subject)
+    by(page, "enroll-images").set_input_files([str(p) for p in images])
+    by(page, "enroll-submit").click()
+    page.wait_for_function(
+        "(s) => document.getElementById('enrolled').textContent.includes(`'${s}'`) && "
+        "!document.getElementById('enroll-submit').disabled",
+        arg=subject,
+    )
+    return by(page, "enrolled").inner_text()
+
+
+def test_gallery_enroll_two_subjects_then_identify_and_verify_a_third_digit(page, shots):
+    twos = [
+        EXAMPLES / "two.png",
+        *sorted((ROOT / "tests/fixtures/mnist_small/2").glob("*.png"))[:2],
+    ]
+    page.get_by_role("button", name="Galleries", exact=True).click()
+    page.wait_for_function("document.getElementById('gallery-list').children.length > 0")
+    assert by(page, "enroll-model").input_value() == "mnist"
+    text = enroll(page, "digits", "seven", [EXAMPLES / "seven_a.png"])
+    assert "Enrolled 1 image(s) of 'seven' in 'digits' (model mnist" in text
+    text = enroll(page, "digits", "two", twos)
+    assert "Enrolled 3 image(s)" in text and "now has 3" in text
+    page.wait_for_function("document.getElementById('subject-list').children.length == 2")
+    assert "digits: model mnist" in by(page, "gallery-list").inner_text()
+    assert "2 subject(s), 4 image(s)" in by(page, "gallery-list").inner_text()
+    assert by(page, "identify-gallery").input_value() == "digits"
+
+    # a third seven, never enrolled: the nearest subject is 'seven', within the threshold
+    by(page, "identify-image").set_input_files(str(EXAMPLES / "seven_b.png"))
+    by(page, "identify-submit").click()
+    by(page, "match").wait_for(state="visible")
+    assert by(page, "match").inner_text() == "seven"
+    ranked = page.locator("#identify-candidates li").all_inner_texts()
+    assert [r.split(":")[0] for r in ranked] == ["seven", "two"]
+    distances = [float(r.split("distance ")[1].split(",")[0]) for r in ranked]
+    assert distances[0] < distances[1]
+    assert "(model)" in page.inner_text("#identify-summary")
+    assert by(page, "error").is_hidden()
+    page.screenshot(path=str(shots / "web-galleries.png"), full_page=True)
+
+    # open set: a threshold below the nearest distance leaves it unmatched, ranking unchanged
+    by(page, "identify-threshold").fill(f"{distances[0] / 2:.4f}")
+    by(page, "identify-submit").click()
+    page.wait_for_function("document.getElementById('match').textContent == 'no match'")
+    assert "(request)" in page.inner_text("#identify-summary")
+    by(page, "identify-threshold").fill("")
+
+    # verify the same image against each subject
+    page.select_option("#verify-subject", "seven")
+    by(page, "verify-submit").click()
+    page.wait_for_function("document.getElementById('gallery-verdict').textContent != ''")
+    assert by(page, "gallery-verdict").inner_text().startswith("same: 'seven'")
+    page.select_option("#verify-subject", "two")
+    by(page, "verify-submit").click()
+    page.wait_for_function(
+        "document.getElementById('gallery-verdict').textContent.startsWith('different')"
+    )
+
+    # delete a subject, then the gallery
+    page.locator("#subject-list li", has_text="two:").get_by_role("button", name="delete").click()
+    page.wait_for_function("document.getElementById('subject-list').children.length == 1")
+    assert "1 subject(s), 1 image(s)" in by(page, "gallery-list").inner_text()
+    page.locator("#gallery-list li", has_text="digits:").get_by_role(
+        "button", name="delete"
+    ).click()
+    page.wait_for_function("document.getElementById('gallery-list').innerText.includes('none')")
+    assert by(page, "error").is_hidden()
+
+
+def test_gallery_errors_are_shown(page, tmp_path, shots):
+    page.get_by_role("button", name="Galleries", exact=True).click()
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    by(page, "gallery-name").fill("broken")
+    by(page, "subject-name").fill("someone")
+    by(page, "enroll-images").set_input_files([str(EXAMPLES / "seven_a.png"), str(notes)])
+    by(page, "enroll-submit").click()
+    page.wait_for_function("document.getElementById('error').textContent.includes('400')")
+    text = by(page, "error").inner_text()
+    assert "images[1] (notes.png)" in text and "not a decodable image" in text
+    page.screenshot(path=str(shots / "web-gallery-error.png"))
+    # nothing of the failed call was stored: the gallery does not exist
+    page.get_by_role("button", name="Galleries", exact=True).click()
+    page.wait_for_function("document.getElementById('gallery-list').children.length > 0")
+    assert "broken" not in by(page, "gallery-list").inner_text()
+
+    # a gallery bound to mnist refuses cifar10 images' model, saying which model it uses
+    enroll(page, "bound", "seven", [EXAMPLES / "seven_a.png"])
+    page.select_option("#enroll-model", "cifar10")
+    by(page, "enroll-images").set_input_files(str(EXAMPLES / "ship.jpg"))
+    by(page, "enroll-submit").click()
+    page.wait_for_function("document.getElementById('error').textContent.includes('409')")
+    assert "uses model 'mnist'" in by(page, "error").inner_text()
+
+    # threshold and far together: the API's 422 is shown as text
+    by(page, "identify-image").set_input_files(str(EXAMPLES / "seven_b.png"))
+    by(page, "identify-threshold").fill("0.5")
+    by(page, "identify-far").fill("0.01")
+    by(page, "identify-submit").click()
+    page.wait_for_function("document.getElementById('error').textContent.includes('422')")
+    assert "at most one of threshold, far" in by(page, "error").inner_text()

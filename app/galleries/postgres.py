@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS images (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS images_by_subject ON images (gallery_id, subject, id);
+-- A process catching up with others' enrollments reads only the rows after the last it saw.
+CREATE INDEX IF NOT EXISTS images_by_id ON images (gallery_id, id);
 """
 
 POOL_SIZE = 8  # idle connections kept; more are opened under load and closed after

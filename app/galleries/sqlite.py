@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS images (
     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 CREATE INDEX IF NOT EXISTS images_by_subject ON images (gallery_id, subject, id);
+-- A process catching up with others' enrollments reads only the rows after the last it saw.
+CREATE INDEX IF NOT EXISTS images_by_id ON images (gallery_id, id);
 """
 
 

@@ -70,6 +70,7 @@ class Snapshot:
     subject_of: np.ndarray  # (N,) int64, index into subjects
     subjects: list[str]
     embeddings: np.ndarray  # (N, D) float32
+    code_of: dict[str, int]  # subject -> its index in subjects
 
     @property
     def max_id(self) -> int:
@@ -120,7 +121,7 @@ def make_snapshot(
     Appending costs the new rows plus one copy of the arrays, where a full re-read of a
     million rows from SQLite took 50 s (docs/galleries.md)."""
     names = list(since.subjects) if since is not None else []
-    code = {s: i for i, s in enumerate(names)}
+    code = dict(since.code_of) if since is not None else {}
     codes = np.empty(len(rows), dtype=np.int64)
     for i, (_, subject, _) in enumerate(rows):
         c = code.get(subject)
@@ -136,7 +137,7 @@ def make_snapshot(
         embs = since.embeddings if embs is None else np.concatenate([since.embeddings, embs])
     if embs is None:
         embs = np.zeros((0, binding.dim), np.float32)
-    return Snapshot(token, binding, ids, codes, names, embs)
+    return Snapshot(token, binding, ids, codes, names, embs, code)
 
 
 def rows_of_subjects(snapshot: Snapshot) -> dict[str, np.ndarray]:

@@ -8,6 +8,8 @@ const state = {
   model: null,      // the selected name
   pair: null,       // the last /verify answer, re-judged locally when the threshold moves
   profiles: [],     // GET /models/{model}/profiles
+  galleries: [],    // GET /galleries
+  gallery: null,    // the gallery picked in the Galleries tab
 };
 
 // ---- talking to the API --------------------------------------------------------------------
@@ -372,6 +374,153 @@ function similarityAt(card, d) {
   return 1 / (1 + Math.exp(-z));
 }
 
+// ---- galleries: enroll, list, identify, verify ---------------------------------------------
+
+const gpath = (gallery, ...rest) =>
+  ["/galleries", gallery, ...rest].map((part, i) => (i ? encodeURIComponent(part) : part))
+    .join("/");
+
+// One line of a listing: "name: details [delete]"; the name picks the entry when onPick is given.
+function item(name, details, onDelete, onPick) {
+  const li = document.createElement("li");
+  const label = document.createElement(onPick ? "button" : "span");
+  label.textContent = name;
+  if (onPick) {
+    label.type = "button";
+    label.className = "link";
+    label.addEventListener("click", guarded(onPick));
+  }
+  const remove = Object.assign(document.createElement("button"),
+    { type: "button", textContent: "delete" });
+  remove.addEventListener("click", guarded(onDelete));
+  li.append(label, `: ${details}`, remove);
+  return li;
+}
+
+async function loadGalleries() {
+  const { galleries } = await api("/galleries");
+  state.galleries = galleries;
+  const list = $("gallery-list");
+  list.replaceChildren();
+  if (!galleries.length) list.append(Object.assign(document.createElement("li"),
+    { textContent: "none yet: enroll some images" }));
+  for (const g of galleries) {
+    list.append(item(g.gallery, `model ${g.model} version ${g.model_version}, ${g.subjects} ` +
+      `subject(s), ${g.images} image(s)`, async () => {
+      await api(gpath(g.gallery), { method: "DELETE" });
+      if (state.gallery === g.gallery) state.gallery = null;
+      await loadGalleries();
+    }, () => pickGallery(g.gallery)));
+  }
+  const select = $("identify-gallery");
+  const keep = state.gallery || select.value;
+  select.replaceChildren(...galleries.map((g) => new Option(g.gallery, g.gallery)));
+  if (galleries.some((g) => g.gallery === keep)) select.value = keep;
+  await loadSubjects(select.value || null);
+}
+
+// The gallery named in the enroll form and chosen for identify, with its subjects listed.
+async function pickGallery(name) {
+  state.gallery = name;
+  $("gallery-name").value = name;
+  $("identify-gallery").value = name;
+  const g = state.galleries.find((x) => x.gallery === name);
+  if (g && state.models[g.model]) $("enroll-model").value = g.model;
+  await loadSubjects(name);
+}
+
+async function loadSubjects(gallery) {
+  const list = $("subject-list"), select = $("verify-subject");
+  list.replaceChildren();
+  select.replaceChildren();
+  $("subjects-of").textContent = gallery || "(pick a gallery)";
+  if (!gallery) return;
+  const { subjects } = await api(gpath(gallery, "subjects"));
+  for (const s of subjects) {
+    list.append(item(s.subject, `${s.images} image(s)`, async () => {
+      await api(gpath(gallery, "subjects", s.subject), { method: "DELETE" });
+      await loadGalleries();
+    }));
+  }
+  select.replaceChildren(...subjects.map((s) => new Option(s.subject, s.subject)));
+}
+
+async function enroll(event) {
+  event.preventDefault();
+  const gallery = $("gallery-name").value.trim(), subject = $("subject-name").value.trim();
+  const images = [...$("enroll-images").files];
+  if (!gallery || !subject) throw new Error("Name the gallery and the subject.");
+  if (!images.length) throw new Error("Pick one or more images to enroll.");
+  const form = new FormData();
+  for (const image of images) form.append("images", image);
+  form.append("model", $("enroll-model").value);
+  form.append("keep_images", $("keep-images").checked ? "true" : "false");
+  $("enroll-submit").disabled = true;
+  $("enrolled").textContent = "";  // a failed call must not leave the last success on show
+  try {
+    const a = await api(gpath(gallery, "subjects", subject, "images"),
+      { method: "POST", body: form });
+    clearError();
+    $("enrolled").textContent = `Enrolled ${a.image_ids.length} image(s) of '${a.subject}' in ` +
+      `'${a.gallery}' (model ${a.model} version ${a.model_version}): ` +
+      `ids ${a.image_ids.join(", ")}; the subject now has ${a.images}.`;
+    state.gallery = a.gallery;
+    await loadGalleries();
+  } finally {
+    $("enroll-submit").disabled = false;
+  }
+}
+
+// The image and threshold fields shared by identify and verify.
+function galleryQuery() {
+  const gallery = $("identify-gallery").value, image = $("identify-image").files[0];
+  if (!gallery) throw new Error("No gallery yet: enroll some images first.");
+  if (!image) throw new Error("Pick an image to identify.");
+  const form = new FormData();
+  form.append("image", image);
+  const threshold = $("identify-threshold").value.trim(), far = $("identify-far").value.trim();
+  if (threshold) form.append("threshold", threshold);
+  if (far) form.append("far", far);  // both given: the API's 422 says to pick one
+  return { gallery, form };
+}
+
+async function identify(event) {
+  event.preventDefault();
+  const { gallery, form } = galleryQuery();
+  $("identify-submit").disabled = true;
+  try {
+    const a = await api(gpath(gallery, "identify"), { method: "POST", body: form });
+    clearError();
+    const match = $("match");
+    // Open set: nothing within the threshold is "no match", not the nearest subject.
+    match.textContent = a.match ? a.match.subject : "no match";
+    match.className = `verdict ${a.match ? "same" : "different"}`;
+    $("identify-summary").textContent = `threshold ${fmt(a.threshold)} (${a.threshold_source}), ` +
+      `model ${a.model} version ${a.model_version}; nearest subject first`;
+    $("identify-candidates").replaceChildren(...a.candidates.map((c) => Object.assign(
+      document.createElement("li"), { textContent: `${c.subject}: distance ${fmt(c.distance)}, ` +
+        `similarity ${pct(c.similarity)} (nearest image ${c.image_id})` })));
+    $("identified").hidden = false;
+  } finally {
+    $("identify-submit").disabled = false;
+  }
+}
+
+async function verifyInGallery(event) {
+  event.preventDefault();
+  const { gallery, form } = galleryQuery();
+  const subject = $("verify-subject").value;
+  if (!subject) throw new Error("This gallery has no subject to verify against.");
+  form.append("subject", subject);
+  const a = await api(gpath(gallery, "verify"), { method: "POST", body: form });
+  clearError();
+  const verdict = $("gallery-verdict");
+  verdict.textContent = `${a.same ? "same" : "different"}: '${a.subject}' at distance ` +
+    `${fmt(a.distance)} (similarity ${pct(a.similarity)}, threshold ${fmt(a.threshold)} ` +
+    `${a.threshold_source})`;
+  verdict.className = `verdict ${a.same ? "same" : "different"}`;
+}
+
 // ---- models and start-up -------------------------------------------------------------------
 
 async function selectModel(name) {
@@ -400,6 +549,8 @@ async function loadModels() {
   if (!answer.models.length) throw new Error("The server has no model loaded.");
   select.value = answer.default && state.models[answer.default] ? answer.default
     : answer.models[0].name;
+  $("enroll-model").replaceChildren(...answer.models.map((m) => new Option(m.name, m.name)));
+  $("enroll-model").value = select.value;
   clearError();
   await selectModel(select.value);
 }
@@ -409,6 +560,9 @@ function showTab(name) {
     button.classList.toggle("active", button.dataset.tab === name);
   }
   for (const panel of document.querySelectorAll("main > .panel")) panel.hidden = panel.id !== name;
+  // Loaded when opened, not at start: a server whose gallery store is down then only
+  // complains in this tab, and the lists are fresh after work in another tab or client.
+  if (name === "galleries") guarded(loadGalleries)();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -420,6 +574,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("compare-form").addEventListener("submit", guarded(compare));
   $("rank-form").addEventListener("submit", guarded(rank));
   $("calibrate-form").addEventListener("submit", guarded(calibrate));
+  $("enroll-form").addEventListener("submit", guarded(enroll));
+  $("identify-form").addEventListener("submit", guarded(identify));
+  $("gallery-verify-form").addEventListener("submit", guarded(verifyInGallery));
+  $("identify-gallery").addEventListener("change", guarded((e) => pickGallery(e.target.value)));
   $("model-select").addEventListener("change", guarded((e) => selectModel(e.target.value)));
   $("threshold").addEventListener("input", () => { setMode("request"); rejudge(); });
   $("far").addEventListener("input", () => { setMode("far"); rejudge(); });

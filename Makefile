@@ -72,7 +72,7 @@ evaluate: $(VENV)/.installed-train
 	$(BIN)/python -m training.evaluate model_store/fashion-mnist --data-dir $(DATA_DIR)
 
 onnx: $(VENV)/.installed-dev  ## add model.onnx (+ model.int8.onnx where it holds accuracy) to the shipped models
-	for m in mnist cifar10; do \
+	for m in mnist fashion-mnist cifar10; do \
 		$(BIN)/python -m training.export_onnx model_store/$$m --data-dir $(DATA_DIR) --int8 && \
 		$(BIN)/python -m training.evaluate model_store/$$m --data-dir $(DATA_DIR) --engine onnx --record \
 		|| exit 1; \

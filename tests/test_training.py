@@ -285,7 +285,7 @@ def test_reflect_padding_shifts_in_the_mirrored_border_not_zeros():
 
 
 @pytest.mark.slow
-def test_airbench_recipe_trains_and_exports_the_lookahead_weights(tmp_path):
+def test_airbench_recipe_trains_and_exports_the_lookahead_weights(tmp_path, capsys):
     out = _train_small(
         tmp_path,
         *("--arch", "airbench", "--embedding-dim", "16", "--loss", "softmax", "--scale", "0.11"),
@@ -301,11 +301,12 @@ def test_airbench_recipe_trains_and_exports_the_lookahead_weights(tmp_path):
     for key, value in ckpt["model"].items():
         if value.is_floating_point():
             torch.testing.assert_close(value, ckpt["lookahead"][key], rtol=0, atol=0)
-    with pytest.raises(SystemExit, match="--embedding-dim 16"):  # no head: D is the features
+    with pytest.raises(SystemExit) as e:  # no head: D is the features; a usage error up front
         main(_small_args(tmp_path, tmp_path / "bad", "--arch", "airbench", "--embedding-dim", "8"))
+    assert e.value.code == 2 and "set embedding_dim = 16" in capsys.readouterr().err
 
 
-def test_logits_readout_exports_the_classifier_scores_as_the_embedding():
+def test_logits_readout_exports_the_classifier_scores_as_the_embedding(capsys):
     from training.train import readout_tower
 
     torch.manual_seed(0)
@@ -322,8 +323,9 @@ def test_logits_readout_exports_the_classifier_scores_as_the_embedding():
         torch.testing.assert_close(exported(x), want)  # (5, 3): one score per class
         assert readout_tower(tower, loss, "features") is tower
         assert tower(x).shape == (5, 8)  # the trained tower itself is left as it was
-    with pytest.raises(SystemExit, match="needs --loss softmax"):
+    with pytest.raises(SystemExit) as e:  # a usage error, before any data is looked for
         main(_small_args(Path("/nonexistent"), Path("/nonexistent/x"), "--readout", "logits"))
+    assert e.value.code == 2 and "needs loss = 'softmax'" in capsys.readouterr().err
 
 
 def _noise_folder(root: Path, classes: int, per_class: int, size: int = 28) -> Path:

@@ -264,8 +264,8 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> TrainCon
             kw.update(type=t)
         if f.name == "preset":
             kw.update(choices=sorted(PRESETS))
-        if literal_choices(t):
-            kw.update(choices=literal_choices(t))
+        if literal_choices(t):  # argparse checks the string against the choices
+            kw.update(type=type(literal_choices(t)[0]), choices=literal_choices(t))
         p.add_argument(flag, **kw)
     given = vars(p.parse_args(argv))
     preset = given.get("preset", "")

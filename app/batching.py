@@ -21,9 +21,8 @@ loop (uvicorn's, a test client's): results are handed back with ``loop.call_soon
 
 The decode pool hands images over with :meth:`Batcher.submit`, straight from its thread, so a
 request does not bounce through the event loop between decoding and the forward pass. Only the
-workers run the model: letting the decoding threads run it too when a worker was free was
-slower at every load in A/B runs (cifar10: 12.4 vs 9.2 ms at concurrency 1, 173 vs 268 pairs/s
-at 32), as decoding then waits behind inference.
+workers run the model: when the decoding threads ran it too, decoding waited behind inference
+and every load got slower (docs/serving.md, designs not taken).
 """
 
 from __future__ import annotations

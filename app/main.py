@@ -155,10 +155,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
         calibrate.router,
         profiles.router,
+        galleries.router,
         web.api_router,
     ):
         app.include_router(router, dependencies=protected)
-    app.include_router(galleries.router, dependencies=protected)
     web.mount(app)  # the page and its static files: open, they hold no data
 
     _add_error_handlers(app)

@@ -105,15 +105,20 @@ class ImageJob:
     cache_partition: str = ""  # the API key's own part of the cache (app/security.py)
 
 
-async def image_job(request: Request, model: ModelName = None) -> ImageJob:
-    # One dependency for the image routes, not one per part: FastAPI solves each dependency
-    # anew on every request, re-reading the form for each.
+def served_model(registry: Registry, name: str | None) -> ServedModel:
+    """The named (or default) model: 404 when unknown, 503 when it was refused or is not up."""
     try:
-        served = _ready_registry(request).get(model)
+        return registry.get(name)
     except UnknownModel as e:
         raise HTTPException(404, detail=str(e)) from e
     except ModelUnavailable as e:
         raise HTTPException(503, detail=str(e), headers={"Retry-After": "30"}) from e
+
+
+async def image_job(request: Request, model: ModelName = None) -> ImageJob:
+    # One dependency for the image routes, not one per part: FastAPI solves each dependency
+    # anew on every request, re-reading the form for each.
+    served = served_model(_ready_registry(request), model)
     request.state.model = served.name  # for the access log
     state = request.app.state
     partition = getattr(request.state, "cache_partition", "")

@@ -7,8 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
 
-from app.api.deps import RegistryDep
-from app.registry import ModelUnavailable, UnknownModel
+from app.api.deps import RegistryDep, served_model
 from app.schemas import DriftResponse, errors
 
 router = APIRouter(tags=["models"])
@@ -28,12 +27,7 @@ async def drift(
     model: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")],
     registry: RegistryDep,
 ) -> DriftResponse:
-    try:
-        served = registry.get(model)
-    except UnknownModel as e:
-        raise HTTPException(404, detail=str(e)) from e
-    except ModelUnavailable as e:
-        raise HTTPException(503, detail=str(e), headers={"Retry-After": "30"}) from e
+    served = served_model(registry, model)
     monitor = served.drift
     if monitor is None:
         raise HTTPException(404, detail="drift monitoring is off (IMGSIM_DRIFT_WINDOW_IMAGES=0)")

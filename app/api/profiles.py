@@ -6,24 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response
 
-from app.api.deps import RegistryDep
+from app.api.deps import RegistryDep, served_model
 from app.profiles import NAME_PATTERN
-from app.registry import ModelUnavailable, ServedModel, UnknownModel
 from app.schemas import ProfileInfo, ProfilesResponse, errors
 
 router = APIRouter(tags=["thresholds"])
 
 ModelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN)]
-
-
-def _model(registry: RegistryDep, model: str) -> ServedModel:
-    try:
-        return registry.get(model)
-    except UnknownModel as e:
-        raise HTTPException(404, detail=str(e)) from e
-    except ModelUnavailable as e:
-        raise HTTPException(503, detail=str(e), headers={"Retry-After": "30"}) from e
 
 
 @router.get(
@@ -35,7 +25,7 @@ def _model(registry: RegistryDep, model: str) -> ServedModel:
 async def list_profiles(
     request: Request, registry: RegistryDep, model: ModelPath
 ) -> ProfilesResponse:
-    served = _model(registry, model)
+    served = served_model(registry, model)
     return ProfilesResponse(
         model=served.name,
         model_version=served.card.version,
@@ -58,7 +48,7 @@ async def list_profiles(
 async def delete_profile(
     request: Request, registry: RegistryDep, model: ModelPath, name: NamePath
 ) -> Response:
-    served = _model(registry, model)
+    served = served_model(registry, model)
     if not request.app.state.profiles.delete(served.name, name):
         raise HTTPException(404, detail=f"no profile '{name}' for model '{served.name}'")
     return Response(status_code=204)

@@ -17,9 +17,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from app.api.deps import RegistryDep, SettingsDep
+from app.api.deps import RegistryDep, SettingsDep, served_model
 from app.artifact import ModelCard
-from app.registry import ModelUnavailable, ServedModel, UnknownModel
 from app.schemas import errors
 
 STATIC = Path(__file__).parent / "static"
@@ -38,15 +37,6 @@ class ModelCardResponse(BaseModel):
     plots: list[str] = Field(description="Plot files beside the model (GET .../plots/{name})")
 
 
-def _served(registry: RegistryDep, model: str) -> ServedModel:
-    try:
-        return registry.get(model)
-    except UnknownModel as e:
-        raise HTTPException(404, detail=str(e)) from e
-    except ModelUnavailable as e:
-        raise HTTPException(503, detail=str(e), headers={"Retry-After": "30"}) from e
-
-
 @page_router.get("/")
 async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -61,7 +51,7 @@ async def page() -> FileResponse:
 async def model_card(
     registry: RegistryDep, settings: SettingsDep, model: ModelPath
 ) -> ModelCardResponse:
-    served = _served(registry, model)
+    served = served_model(registry, model)
     folder = settings.model_store / served.name
     plots = sorted(p.name for p in folder.glob("*.png") if p.is_file())
     return ModelCardResponse(card=served.card, plots=plots)
@@ -76,7 +66,7 @@ async def model_card(
 async def model_plot(
     registry: RegistryDep, settings: SettingsDep, model: ModelPath, plot: PlotPath
 ) -> Any:
-    served = _served(registry, model)
+    served = served_model(registry, model)
     folder = (settings.model_store / served.name).resolve()
     path = (folder / plot).resolve()
     if path.parent != folder or not path.is_file():

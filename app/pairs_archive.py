@@ -3,8 +3,9 @@
     pairs.csv          header a,b,same; a and b are paths inside the zip, same is 1/0/true/false
     any/path/x.png     the images the CSV names (entries the CSV does not name are never read)
 
-Memory stays bounded whatever the zip claims: the entry count, each entry's declared size and
-the declared total are checked before anything is decompressed, and every read stops one byte
+Memory stays bounded whatever the zip claims: the entry count (from the end record, before the
+central directory is parsed), each entry's declared size and the declared total are checked
+before anything is decompressed, and every read stops one byte
 past its limit, so an entry that lies about its size (a zip bomb) costs at most the limit.
 Errors are :class:`ArchiveError` carrying the HTTP status and a detail that says what to fix.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -45,6 +47,25 @@ def _unsafe(name: str) -> bool:
     return name.startswith(("/", "\\")) or bool(_DRIVE.match(name)) or ".." in parts
 
 
+_EOCD = b"PK\x05\x06"  # end of central directory record: 22 bytes + a comment of up to 64 KiB
+
+
+def _declared_entries(file: BinaryIO) -> int | None:
+    """The entry count the zip's end record declares, read before ``ZipFile`` parses (and holds
+    in memory) the whole central directory; None if there is no end record."""
+    file.seek(0, io.SEEK_END)
+    size = file.tell()
+    tail_bytes = min(size, 22 + 0xFFFF)
+    file.seek(size - tail_bytes)
+    tail = file.read(tail_bytes)
+    file.seek(0)
+    at = tail.rfind(_EOCD)
+    if at < 0 or at + 22 > len(tail):
+        return None
+    (entries,) = struct.unpack_from("<H", tail, at + 10)  # 0xFFFF: zip64, i.e. at least that many
+    return entries
+
+
 def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     """The entry's bytes, or 413 as soon as it passes ``limit`` (whatever its header claims)."""
     try:
@@ -74,6 +95,11 @@ def _parse_same(value: str, line: int) -> bool:
 
 def read_pairs(file: BinaryIO, settings: Settings) -> PairsArchive:
     """Validate and read the archive in ``file`` (seekable); ArchiveError on anything wrong."""
+    declared = _declared_entries(file)
+    if declared is not None and declared > settings.max_calibrate_entries:
+        raise ArchiveError(
+            413, f"pairs: the zip has {declared} entries; at most {settings.max_calibrate_entries}"
+        )
     try:
         zf = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
@@ -103,11 +129,11 @@ def read_pairs(file: BinaryIO, settings: Settings) -> PairsArchive:
                     f"image may be at most {settings.max_upload_bytes}",
                 )
             by_name[info.filename] = info
-        declared = sum(i.file_size for i in by_name.values())
-        if declared > settings.max_calibrate_total_bytes:
+        unpacked = sum(i.file_size for i in by_name.values())
+        if unpacked > settings.max_calibrate_total_bytes:
             raise ArchiveError(
                 413,
-                f"pairs: the zip unpacks to {declared} bytes; at most "
+                f"pairs: the zip unpacks to {unpacked} bytes; at most "
                 f"{settings.max_calibrate_total_bytes}",
             )
         if CSV_NAME not in by_name:

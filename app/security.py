@@ -84,7 +84,7 @@ def add_cors(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST"],
+        allow_methods=["GET", "POST", "DELETE"],  # DELETE: threshold profiles
         allow_headers=[API_KEY_HEADER, REQUEST_ID_HEADER, "Content-Type"],
         expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         max_age=600,

@@ -264,3 +264,19 @@ def test_upload_over_the_zip_cap_is_413(make_settings, tmp_path, digits):
     with TestClient(create_app(settings)) as c:
         r = post(c, make_zip(entries, csv) + bytes(2_000_000))
     assert r.status_code == 413
+
+
+def test_entry_count_is_checked_before_the_directory_is_parsed(make_settings, tmp_path):
+    # 3,000 empty entries, and a central directory broken at its first record: parsing it would
+    # fail (400 not a zip), so a 413 shows the count came from the end record, before parsing.
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(3000):
+            zf.writestr(f"e/{i}", b"")
+    raw = out.getvalue().replace(b"PK\x01\x02", b"XX\x01\x02", 1)
+    settings = make_settings(data_dir=tmp_path, max_calibrate_entries=2000)
+    with TestClient(create_app(settings)) as c:
+        r = post(c, raw)
+    assert r.status_code == 413 and r.json()["detail"] == (
+        "pairs: the zip has 3000 entries; at most 2000"
+    )

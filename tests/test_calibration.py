@@ -4,6 +4,8 @@ P(same) crosses 0.5 at each shipped model's default threshold."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,12 @@ import pytest
 from towers import export_tower
 
 from app import artifact, calibration
+from training.calibrate import main as calibrate_cli
 from training.calibrate import recalibrate
 
-STORE = Path(__file__).parents[1] / "model_store"
+ROOT = Path(__file__).parents[1]
+STORE = ROOT / "model_store"
+DATA_DIR = Path(os.environ.get("IMGSIM_DATASETS", ROOT.parent / "shared" / "data"))
 SHIPPED = sorted(p.name for p in artifact.discover(STORE))
 
 
@@ -104,3 +109,27 @@ def test_recalibrate_rewrites_only_the_calibration(tmp_path):
     assert after.model_dump(exclude=unchanged) == before.model_dump(exclude=unchanged)
     assert not list(model_dir.glob("*.tmp"))
     assert json.loads((model_dir / artifact.CARD_FILE).read_text())["calibration"]["table"]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (DATA_DIR / "MNIST" / "raw").is_dir(), reason=f"MNIST not found at {DATA_DIR}"
+)
+def test_calibrate_command_reproduces_the_shipped_mnist_card(tmp_path, capsys):
+    model_dir = tmp_path / "mnist"
+    shutil.copytree(STORE / "mnist", model_dir)
+    shipped = artifact.read_card(STORE / "mnist")
+    card_path = model_dir / artifact.CARD_FILE
+    stale = json.loads(card_path.read_text())
+    stale["calibration"].update(intercept=1.0, slope=-1.0, table=[], anchor=None)
+    card_path.write_text(json.dumps(stale))
+
+    assert calibrate_cli([str(model_dir), "--data-dir", str(DATA_DIR)]) == 0
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["before"]["slope"] == -1.0 and summary["after"]["p_at_threshold"] == 0.5
+    got = artifact.load(model_dir).card  # model.pt untouched: its sha256 still matches
+    assert got.version == shipped.version and got.threshold == shipped.threshold
+    assert got.calibration.slope == pytest.approx(shipped.calibration.slope, rel=1e-6)
+    assert len(got.calibration.table) == len(shipped.calibration.table)

@@ -103,9 +103,10 @@ def test_two_digits_get_a_verdict_and_the_threshold_re_judges_them(page, shots):
     by(page, "threshold").fill(f"{min(distance * 2, 1.5):.3f}")
     assert by(page, "verdict").inner_text() == "same"
 
-    # a target false-accept rate, resolved from the validation table
+    # a target false-accept rate, resolved from the validation table: FAR shown is the target
     by(page, "far").fill("0.01")
     assert "(far)" in by(page, "threshold-used").inner_text()
+    assert "FAR 1.00%" in by(page, "control-rates").inner_text()
     assert by(page, "error").is_hidden()
 
 

@@ -181,14 +181,19 @@ function showVerdict(distance, similarity, threshold, source) {
 // Re-judge the last pair at the control's threshold, locally: the distance does not change.
 function rejudge() {
   $("threshold-out").textContent = fmt(Number($("threshold").value));
-  if (!state.pair) return;
+  let chosen;
   try {
-    const { value, source } = chosenThreshold();
-    clearError();
-    showVerdict(state.pair.distance, state.pair.similarity, value, source);
+    chosen = chosenThreshold();
   } catch (e) {
+    $("control-rates").textContent = "";
     showError(e);
+    return;
   }
+  clearError();
+  const [far, frr] = ratesAt(chosen.value);
+  $("control-rates").textContent = `threshold ${fmt(chosen.value)} (${chosen.source}): ` +
+    `FAR ${pct(far)}, FRR ${pct(frr)} on the model's validation pairs`;
+  if (state.pair) showVerdict(state.pair.distance, state.pair.similarity, chosen.value, chosen.source);
 }
 
 async function compare(event) {
@@ -537,6 +542,7 @@ async function selectModel(name) {
   $("threshold-out").textContent = fmt(card.threshold);
   $("model-summary").textContent = `version ${card.version}, threshold ${fmt(card.threshold)}`;
   setMode("model");
+  rejudge();
   await loadProfiles();
   await loadModelPage();
 }

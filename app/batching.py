@@ -21,8 +21,9 @@ loop (uvicorn's, a test client's): results are handed back with ``loop.call_soon
 
 The decode pool hands images over with :meth:`Batcher.submit`, straight from its thread, so a
 request does not bounce through the event loop between decoding and the forward pass. Only the
-workers run the model: when the decoding threads ran it too, decoding waited behind inference
-and every load got slower (docs/serving.md, designs not taken).
+workers run the model (besides :meth:`Batcher.run_now`, the event loop's inline path for a lone
+small request to an idle model, app/embedding.py): when the decoding threads ran it too,
+decoding waited behind inference and every load got slower (docs/serving.md, designs not taken).
 """
 
 from __future__ import annotations
@@ -188,15 +189,32 @@ class Batcher:
             async with asyncio.timeout_at(loop.time() + (ticket.deadline - time.monotonic())):
                 return list(await asyncio.gather(*futures))
         except (TimeoutError, DeadlineExceeded):
-            self.count_rejected(DeadlineExceeded.reason)
-            raise DeadlineExceeded(
-                f"model '{self.name}' did not answer in time; retry later"
-            ) from None
+            raise self.expired() from None
         finally:
             if not all(f.done() for f in futures):
                 ticket.abandoned = True
                 for f in futures:
                     f.cancel()
+
+    def expired(self) -> DeadlineExceeded:
+        """The error for a request past its deadline, counted once (by wait, or the inline
+        path of app/embedding.py)."""
+        self.count_rejected(DeadlineExceeded.reason)
+        return DeadlineExceeded(f"model '{self.name}' did not answer in time; retry later")
+
+    def run_now(self, xs: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+        """One forward pass of ``xs`` (C, H, W) on the calling thread, bypassing the queue: the
+        inline path of app/embedding.py. The same engine, precision, output check, one-by-one
+        retry, metrics (no queue wait: there was none) and observer as a worker's batch.
+
+        Safe beside the workers: it touches no queue state, and the forward callables run
+        concurrently from several threads (TorchScript modules, and ONNX Runtime sessions:
+        app/artifact.py OnnxModel); the metrics and the observer take their own locks."""
+        observer = self.observer
+        results = self._run_batch(xs, [])
+        if observer is not None:
+            self._observe(observer, results)
+        return results
 
     def _enqueue(self, items: list[_Item]) -> None:
         """Queue all of ``items`` or none; call with ``self._cond`` held."""

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # A gallery of this many images or more is searched approximately (faiss HNSW in memory,
     # pgvector HNSW in PostgreSQL), then re-ranked exactly; below it, one exact matrix product.
     gallery_ann_min_images: int = Field(50_000, gt=0)
+    # pgvector's HNSW candidate list (hnsw.ef_search) for an identify: larger finds more of the
+    # true nearest subjects, slower (recall against latency: benchmarks/RESULTS.md, galleries).
+    gallery_ef_search: int = Field(200, ge=10, le=1000)
 
     # Request limits
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # per image part
@@ -195,6 +198,12 @@ class Settings(BaseSettings):
     # Images waiting for a decode thread across requests (app/embedding.py DecodePool); a
     # request whose images do not fit gets 503 + Retry-After at once.
     decode_queue_max: int = Field(256, gt=0)
+    # The c=1 fast path (docs/serving-engine.md): a request of at most 2 distinct images, each
+    # at most this many bytes, for a model whose one-image forward pass measured at warm-up at
+    # most inline_max_forward_ms, sent while that model and the decode pool are idle, is decoded
+    # and embedded on the event loop itself, skipping three thread hand-offs. 0 turns it off.
+    inline_max_bytes: int = Field(64 * 1024, ge=0)
+    inline_max_forward_ms: float = Field(2.0, ge=0)
     cache_entries: int = Field(4096, ge=0)  # embeddings kept, LRU; 0 turns the cache off
     # Drift monitor (app/drift.py): running embedding statistics per model cover the last
     # window to 2x window images; 0 turns it off.
@@ -218,7 +227,9 @@ class Settings(BaseSettings):
     log_flush_timeout_s: float = Field(2.0, gt=0)
     host: str = "127.0.0.1"  # containers: IMGSIM_HOST=0.0.0.0
     port: int = Field(8000, gt=0, lt=65536)
-    workers: int = Field(1, gt=0)  # uvicorn processes; each loads every model
+    # uvicorn processes, each loading every model; 0 = auto: one per usable core
+    # (`python -m app --workers auto`). Shared and per-worker state: docs/serving.md.
+    workers: int = Field(1, ge=0)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -247,7 +258,11 @@ class Settings(BaseSettings):
             return self.inference_workers
         if mflops < SPLIT_MIN_MFLOPS:
             return 1
-        return max(1, usable_cores() // (self.workers * self.torch_threads))
+        return max(1, usable_cores() // (self.worker_processes() * self.torch_threads))
+
+    def worker_processes(self) -> int:
+        """Serving processes: ``workers``, or with 0 (auto) one per usable core."""
+        return self.workers or usable_cores()
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys: a JSON list, a file with one key per line, or comma-separated."""

@@ -13,7 +13,7 @@ routes read one; what these limits answer is listed in docs/security.md.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -24,28 +24,46 @@ from app.config import Settings
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request head (request line and
     headers) is not complete ``header_timeout_s`` after its first byte, or after the connection
-    opened."""
+    opened; it also counts this process's requests in progress (:func:`requests_in_progress`)."""
 
     # Set by uvicorn_options; a worker process spawned by `--workers` reads its own Settings.
     header_timeout_s: float | None = None
+    # Requests whose head has arrived and whose response has not been sent, on every connection
+    # of this process. Only the event loop touches it.
+    in_progress: ClassVar[int] = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if GuardedH11Protocol.header_timeout_s is None:
             GuardedH11Protocol.header_timeout_s = Settings().header_timeout_s
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._counted: object | None = None  # the request cycle counted in in_progress
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._counted and not cycle.response_complete:
+            self._counted = cycle
+            GuardedH11Protocol.in_progress += 1
         if self.conn.their_state is h11.IDLE:  # a head is (still) incomplete
             self._arm_head_timer()
         else:
             self._disarm_head_timer()
 
+    def on_response_complete(self) -> None:
+        self._uncount()
+        super().on_response_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._uncount()
         self._disarm_head_timer()
         super().connection_lost(exc)
+
+    def _uncount(self) -> None:
+        if self._counted is not None:
+            self._counted = None
+            GuardedH11Protocol.in_progress -= 1
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -64,6 +82,13 @@ class GuardedH11Protocol(H11Protocol):
         )
         if waiting_for_head and not self.transport.is_closing():
             self.transport.close()
+
+
+def requests_in_progress() -> int:
+    """HTTP requests this process has received and not yet answered (0 outside uvicorn, e.g.
+    under a test client). Counted as each request's head is parsed, which for every connection
+    with data waiting happens before any request handler runs: a handler that sees 1 is alone."""
+    return GuardedH11Protocol.in_progress
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

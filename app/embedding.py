@@ -6,7 +6,9 @@
 Decoding runs in a DecodePool (round robin across requests, heavy images on at most all but
 one thread, bounded, dropping the images of a request that gave up); the decoded image goes
 straight from its decode thread to the model's batcher, and both stages check the request's
-Ticket before working for it.
+Ticket before working for it. A request of at most 2 small images to an idle, fast model skips
+those hand-offs and runs inline on the event loop (Embedder._inline, bounded; see
+docs/serving-engine.md).
 
 Bad images come back as ImageError values in their place, so /similarity/one-to-many can report
 a broken candidate without failing the call; the routes decide what to tell the client.
@@ -32,6 +34,7 @@ from app import images
 from app.batching import QueueFull, ShuttingDown, Ticket
 from app.cache import EmbeddingCache
 from app.config import Settings
+from app.connections import requests_in_progress
 from app.images import ImageError, OverBudget
 from app.metrics import Metrics
 from app.registry import ServedModel
@@ -66,14 +69,109 @@ class Embedder:
         loop = asyncio.get_running_loop()
         ticket = Ticket(time.monotonic() + self.settings.request_timeout_s)
         unique, where = _distinct(blobs)
-        futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in unique]
         job = _Job(self, model, partition, loop, ticket)
+        if self._may_inline(model, unique):
+            inline = self._inline(job, unique)
+            if inline is not None:
+                return [inline[i] for i in where]
+        futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in unique]
         job.pending.extend([data, future, 0] for data, future in zip(unique, futures, strict=True))
         self.pool.put(job)  # QueueFull at once when too many images wait for a decode thread
         done: list[Outcome] = await batcher.wait(futures, ticket)
         for future, key in job.queued_keys.items():
             self.cache.put(key, future.result())
         return [done[i] for i in where]
+
+    def _may_inline(self, model: ServedModel, unique: list[bytes]) -> bool:
+        """Whether a request of these distinct images may be embedded on the event loop: few
+        and small, for a model measured fast, while it and the decode pool are idle. Racing a
+        worker that is just taking work is harmless: both then compute at once, correctly."""
+        settings, batcher = self.settings, model.batcher
+        assert batcher is not None
+        if not (
+            settings.inline_max_bytes
+            and len(unique) <= INLINE_MAX_IMAGES
+            and model.one_image_ms <= settings.inline_max_forward_ms
+        ):
+            return False  # not a candidate: not counted as a fallback either
+        if any(len(data) > settings.inline_max_bytes for data in unique):
+            reason = "bytes"
+        elif (
+            batcher.queued
+            or batcher.idle_workers != batcher.workers
+            or self.pool.queued  # its requests would wait behind ours for the loop
+            # Other requests already arrived: run inline, they would wait behind this one for
+            # the loop, and under steady load every request would then run inline, one at a
+            # time and unbatched (measured: half the throughput at concurrency 32).
+            or requests_in_progress() > 1
+        ):
+            reason = "busy"
+        else:
+            return True
+        self.metrics.inline_fallback.labels(model.name, reason).inc()
+        return False
+
+    def _inline(self, job: _Job, unique: list[bytes]) -> list[Outcome] | None:
+        """The c=1 fast path (docs/serving-engine.md): on the event loop, what the decode pool
+        and the batcher would do for ``unique``, with the same checks, cache, errors and
+        metrics; None when an image is over the inline pixel cap (the caller then takes the
+        pool path, which applies the real limit).
+
+        Bounded: it blocks the loop for at most INLINE_MAX_IMAGES header reads and decodes of
+        at most inline_max_bytes and INLINE_MAX_PIXELS each (the header is checked before any
+        pixel is decoded), plus one forward pass of that many images by a model measured at
+        most inline_max_forward_ms per image, and only while nothing else waits for that model.
+        """
+        settings, model = self.settings, job.model
+        batcher = model.batcher
+        assert batcher is not None
+        entries: list[list[Any]] = [[data, None, 0] for data in unique]
+        cap = min(settings.max_image_pixels, INLINE_MAX_PIXELS)
+        try:  # before any cache look-up, so a fallback is not counted twice in the cache metrics
+            largest = job.survey(entries)
+        except OverBudget:  # refused whole (413), as by the pool's survey
+            self.metrics.inline.labels(model.name).inc()
+            raise
+        if largest > cap:
+            self.metrics.inline_fallback.labels(model.name, "pixels").inc()
+            return None
+        self.metrics.inline.labels(model.name).inc()
+        outcomes: list[Outcome | None] = [None] * len(unique)
+        todo: list[tuple[int, tuple[str, str, str], torch.Tensor]] = []
+        for i, data in enumerate(unique):
+            key = job.key(data)
+            cached = self.cache.get(key, model.name)
+            if cached is not None:
+                outcomes[i] = cached
+                continue
+            started = time.perf_counter()
+            try:
+                # Under the cap: the survey saw nothing larger, so this decides as under
+                # max_image_pixels would (images.survey), and cannot decode more.
+                x = images.decode(data, model.card.mode, model.card.size, cap)
+            except ImageError as e:
+                outcomes[i] = e
+                continue
+            finally:
+                self.metrics.decode_seconds.labels(model.name).observe(
+                    time.perf_counter() - started
+                )
+            todo.append((i, key, x))
+        # The deadline, as batcher.wait holds the pool path to it: checked before the forward
+        # pass (as a worker does) and after it.
+        if job.ticket.dead():
+            raise batcher.expired()
+        if todo:
+            results = batcher.run_now([x for _, _, x in todo])
+            for (i, _, _), result in zip(todo, results, strict=True):
+                if isinstance(result, Exception):  # as a failed future fails batcher.wait
+                    raise result
+                outcomes[i] = result
+            if job.ticket.dead():
+                raise batcher.expired()
+            for i, key, _ in todo:  # cached once the request succeeds, as on the pool path
+                self.cache.put(key, outcomes[i])  # type: ignore[arg-type]
+        return outcomes  # type: ignore[return-value]
 
 
 def check_request_pixels(total: int, settings: Settings) -> None:
@@ -92,6 +190,11 @@ def request_pixels(blobs: Sequence[bytes], model: ServedModel, settings: Setting
     size = model.card.size
     return sum(images.pixels_to_decode(b, size, settings.max_image_pixels) for b in blobs)
 
+
+# The inline path (Embedder._inline): at most this many distinct images per request, each of at
+# most this many pixels (the image's header and its tiles, before any is decoded).
+INLINE_MAX_IMAGES = 2
+INLINE_MAX_PIXELS = 512 * 512
 
 # An image of more pixels than this is heavy: it waits while the decode threads that may take
 # heavy images are busy (DecodePool). A 12 MP phone JPEG drafts to 0.19 MP; a 2000x2000 PNG is
@@ -115,21 +218,29 @@ class _Job:
     # Futures handed to the batcher, with their cache keys: cached once the request succeeds.
     queued_keys: dict[asyncio.Future[Outcome], tuple[str, str, str]] = field(default_factory=dict)
 
-    def survey(self, entries: list[list[Any]]) -> None:
-        """In a decode thread, before any of the request's images is decoded: read every
-        header, note the pixels each will cost, and refuse the whole request (OverBudget) if
-        together they are over max_request_pixels, at the cost of reading headers only."""
+    def survey(self, entries: list[list[Any]]) -> int:
+        """In a decode thread (or inline), before any of the request's images is decoded: read
+        every header, note the pixels each will cost, and refuse the whole request (OverBudget)
+        if together they are over max_request_pixels, at the cost of reading headers only.
+        Returns the most pixels one image or tile declares (images.survey)."""
         settings = self.embedder.settings
         size = self.model.card.size
+        largest = 0
         for entry in entries:
-            entry[2] = images.pixels_to_decode(entry[0], size, settings.max_image_pixels)
+            entry[2], declared = images.survey(entry[0], size, settings.max_image_pixels)
+            largest = max(largest, declared)
         check_request_pixels(sum(entry[2] for entry in entries), settings)
+        return largest
+
+    def key(self, data: bytes) -> tuple[str, str, str]:
+        """The cache key of one blob: model version, the API key's partition, sha256."""
+        return (self.model.card.version, self.partition, hashlib.sha256(data).hexdigest())
 
     def run(self, data: bytes, future: asyncio.Future[Outcome]) -> None:
         """In a decode thread: hash, look up, decode and queue one blob to the batcher; its
         future gets the embedding (from the batcher) or an ImageError (from here)."""
         model, embedder = self.model, self.embedder
-        key = (model.card.version, self.partition, hashlib.sha256(data).hexdigest())
+        key = self.key(data)
         cached = embedder.cache.get(key, model.name)
         if cached is not None:
             _settle(self.loop, future, cached)

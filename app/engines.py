@@ -80,16 +80,23 @@ def computes_in(engine: Engine, precision: Precision) -> str:
     return {"torchscript": precision, "onnx": "float32", "onnx-int8": "int8"}[engine]
 
 
-def best_ms(forward: Forward, x: torch.Tensor, precision: Precision) -> float:
-    """The best of TIMED_RUNS forward passes of ``x``, in ms; the first ones also warm the
-    engine up (TorchScript profiles and optimises on its first calls)."""
-    best = float("inf")
+def _once_ms(forward: Forward, x: torch.Tensor, precision: Precision) -> float:
     with torch.inference_mode(), autocast(precision):
-        for _ in range(TIMED_RUNS):
-            started = time.perf_counter()
-            forward(x)
-            best = min(best, time.perf_counter() - started)
-    return best * 1000
+        started = time.perf_counter()
+        forward(x)
+        return (time.perf_counter() - started) * 1000
+
+
+def best_ms(runs: dict[str, tuple[Forward, torch.Tensor, Precision]]) -> dict[str, float]:
+    """The best of TIMED_RUNS forward passes of each entry, in ms, taken in alternating rounds
+    (A, B, A, B, ...): on a shared machine, or beside other workers warming up, a slow moment
+    then costs every engine alike instead of deciding the choice. The first round also warms
+    the engines up (TorchScript profiles and optimises on its first calls)."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(TIMED_RUNS):
+        for key, (forward, x, precision) in runs.items():
+            best[key] = min(best[key], _once_ms(forward, x, precision))
+    return best
 
 
 def choose(
@@ -100,14 +107,15 @@ def choose(
     shape = (card.input.channels, card.input.height, card.input.width)
     one = torch.zeros(1, *shape, dtype=torch.uint8)
     engines = candidates(setting, served)
-    timings: dict[str, tuple[float, float]] = {}
-    for engine in engines:
-        forward, p = forward_of(served, engine), precision_of(engine, precision)
-        one_ms = best_ms(forward, one, p)
+    setups = {e: (forward_of(served, e), precision_of(e, precision)) for e in engines}
+    one_ms = best_ms({e: (f, one, p) for e, (f, p) in setups.items()})
+    many_ms = dict.fromkeys(engines, 0.0)
+    if engines[1:]:
         # A batch is only timed when there is a choice to make: it costs the cifar10 tower
         # ~1 s of warm-up on a busy box.
-        many_ms = best_ms(forward, one.expand(batch, *shape).contiguous(), p) if engines[1:] else 0
-        timings[engine] = (one_ms, many_ms)
+        many = one.expand(batch, *shape).contiguous()
+        many_ms = best_ms({e: (f, many, p) for e, (f, p) in setups.items()})
+    timings = {e: (one_ms[e], many_ms[e]) for e in engines}
     chosen = min(engines, key=lambda e: sum(timings[e]))
     return EngineChoice(
         engine=chosen,

@@ -2,7 +2,8 @@
 
 Only the bytes decide what an upload is: client file names and declared content types are never
 read. The pixel count comes from the header and is checked before any pixel is decoded. Call
-:func:`decode` from a worker thread, never on the event loop.
+:func:`decode` from a worker thread; on the event loop only with a small pixel cap, as the
+inline path of app/embedding.py does.
 """
 
 from __future__ import annotations
@@ -108,14 +109,24 @@ def pixels_to_decode(data: bytes, size: tuple[int, int], max_pixels: int) -> int
     """The pixels :func:`decode` would decode, from the header alone (a JPEG at its draft
     scale); 0 for what decode refuses before decoding (over ``max_pixels``, not an image).
     Cheap: no pixel is read."""
+    return survey(data, size, max_pixels)[0]
+
+
+def survey(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """From the header alone: (the pixels :func:`decode` would decode, as
+    :func:`pixels_to_decode`; the largest pixel count decode holds to its limit, the image's
+    or a tile's, 0 for what is not an image). Two limits both at least that second number make
+    decode decide the same: app/embedding.py's inline path decodes under a smaller cap."""
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            if img.size[0] * img.size[1] > max_pixels:
-                return 0
+            declared = img.size[0] * img.size[1]
+            largest = max([declared] + [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in _tiles(img)])
+            if declared > max_pixels:
+                return 0, largest
             _draft(img, size)
-            return img.size[0] * img.size[1]
+            return img.size[0] * img.size[1], largest
     except Exception:  # whatever it is, decode() refuses it without decoding
-        return 0
+        return 0, 0
 
 
 def _draft(img: Image.Image, size: tuple[int, int]) -> None:
@@ -130,13 +141,9 @@ def _check_tiles(img: Image.Image, max_pixels: int) -> None:
     """Refuse, before decoding, a tile or strip that would need more memory than the image:
     a decoder allocates what the tile declares (see TILE_SIDE_SLACK)."""
     width, height = img.size
-    boxes = [tile.extents for tile in img.tile if tile.extents is not None]
-    tag_v2 = getattr(img, "tag_v2", None)  # TIFF: libtiff reads tiles itself, from these tags
-    if tag_v2 is not None and _TIFF_TILE_WIDTH in tag_v2 and _TIFF_TILE_LENGTH in tag_v2:
-        boxes.append((0, 0, int(tag_v2[_TIFF_TILE_WIDTH]), int(tag_v2[_TIFF_TILE_LENGTH])))
     # Strips need no check: libtiff clamps RowsPerStrip to the image height, so a strip is never
     # larger than the image; Pillow's own decoders get boxes inside the image (checked here too).
-    for x0, y0, x1, y1 in boxes:
+    for x0, y0, x1, y1 in _tiles(img):
         tile_w, tile_h = x1 - x0, y1 - y0
         too_wide = tile_w > max(_round16(width), TILE_SIDE_SLACK)
         too_tall = tile_h > max(_round16(height), TILE_SIDE_SLACK)
@@ -145,6 +152,15 @@ def _check_tiles(img: Image.Image, max_pixels: int) -> None:
                 f"a {tile_w}x{tile_h} tile in a {width}x{height} image: a tile may not be larger "
                 f"than its image or the limit of {max_pixels} pixels (max_image_pixels)"
             )
+
+
+def _tiles(img: Image.Image) -> list[tuple[int, int, int, int]]:
+    """The boxes a decoder allocates for: Pillow's tiles, and a TIFF's own tiles."""
+    boxes = [tile.extents for tile in img.tile if tile.extents is not None]
+    tag_v2 = getattr(img, "tag_v2", None)  # TIFF: libtiff reads tiles itself, from these tags
+    if tag_v2 is not None and _TIFF_TILE_WIDTH in tag_v2 and _TIFF_TILE_LENGTH in tag_v2:
+        boxes.append((0, 0, int(tag_v2[_TIFF_TILE_WIDTH]), int(tag_v2[_TIFF_TILE_LENGTH])))
+    return boxes
 
 
 def _round16(n: int) -> int:

@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 WARM_UP_TIMEOUT_S = 120.0
 ENGINE_TRIAL_BATCH = 16  # images in the batch "auto" times each engine on (app/engines.py)
+DRIFT_REFRESH_S = 15.0  # with several workers: how stale another worker's drift gauges may be
 
 DESCRIPTION = """
 Siamese-network image similarity. Send images as multipart uploads (PNG, JPEG, GIF, WebP, BMP,
@@ -112,6 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for served in list(registry.models.values()):
             await _start_and_warm_up(served, registry, settings, app_metrics)
         await _open_galleries(state, settings)
+        refresher = (
+            asyncio.create_task(_refresh_drift(app_metrics)) if app_metrics.drift_bound else None
+        )
         state.phase = "ready"
         logger.info(
             "ready: serving %s (default %s); refused %s",
@@ -121,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.phase = "stopping"  # /readyz answers 503 from here on
+            if refresher is not None:
+                refresher.cancel()
             for served in registry.models.values():
                 if served.batcher is not None:
                     await served.batcher.stop()
@@ -202,6 +208,7 @@ async def _start_and_warm_up(
         _refuse(served, registry, e)
         return
     served.engine, served.precision = choice.engine, choice.computes_in
+    served.one_image_ms = choice.one_image_ms
     precision = choice.precision
     forward_ms = choice.one_image_ms
     batcher = Batcher(
@@ -256,9 +263,18 @@ def _monitor_drift(
     monitor = DriftMonitor(served.card, window_images)
     served.drift = monitor
     batcher.observer = monitor.update
-    metrics.drift_images.labels(served.name).set_function(monitor.images)
-    if monitor.reference is not None:
-        metrics.drift_frechet.labels(served.name).set_function(monitor.frechet)
+    metrics.bind_drift(served.name, monitor)
+
+
+async def _refresh_drift(metrics: Metrics) -> None:
+    """With several workers, keep this one's drift gauges current in the shared metric files:
+    a scrape refreshes only the worker that answers it."""
+    while True:
+        await asyncio.sleep(DRIFT_REFRESH_S)
+        try:
+            await asyncio.to_thread(metrics.refresh_drift)
+        except Exception:  # a gauge must not end the loop; the next round tries again
+            logger.exception("drift gauges not refreshed")
 
 
 def _one_image_mflops(module: torch.nn.Module, x: torch.Tensor) -> float:

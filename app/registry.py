@@ -7,6 +7,7 @@ ERROR log line; the others still serve, and /readyz and /models say which failed
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ class ServedModel:
     onnx_int8_error: str | None = None
     engine: Engine = "torchscript"  # what the batcher runs; chosen at warm-up (app/engines.py)
     precision: str = "float32"  # the number format that engine computes in, for /models
+    # Best one-image forward pass of that engine at warm-up (app/engines.py), in ms; until it is
+    # measured, infinite: the model never takes the inline path (app/embedding.py).
+    one_image_ms: float = math.inf
 
 
 class Registry:

@@ -22,10 +22,12 @@ real uvicorn processes on free ports, at each --concurrency:
 * training: images/s of the model's own recipe (training/), a batch of 256.
 * CPU budget (computed, :class:`CpuBudget`): what the cores allow when each pair costs only the
   cheapest inference, the floor's HTTP and the load generator, all sharing the same cores.
-* side by side (issue 18): the service on each engine it has (TorchScript, ONNX), TorchServe on
-  the same model.pt (benchmarks/torchserve.py; skipped with the reason where Java or TorchServe
-  cannot be installed) and the naive server, all up at once, in --peer-rounds alternating rounds
-  of c=1 then c=32; each row the medians over the rounds.
+* side by side (issue 18): the service on each engine it has (TorchScript, ONNX) and with one
+  worker process per usable core (``--workers <cores>``, engine auto), TorchServe on the same
+  model.pt (benchmarks/torchserve.py; skipped with the reason where Java or TorchServe cannot be
+  installed) and the naive server, all up at once, in --peer-rounds alternating rounds of c=1
+  then c=32; each row the medians over the rounds. The c=32 targets are judged on the best
+  service configuration, the c=1 ones on the one-process service.
 
 Load comes from Debian's wrk (benchmarks/wrk.py, installed when missing; ``--client python``
 for the asyncio client of benchmarks/loadgen.py), driving the same pre-built requests.
@@ -153,6 +155,13 @@ class PeerRow:
     rss_mb: float  # peak over all rounds
     errors: int  # over all rounds
     accuracy: float | None  # test-pair accuracy of what this server runs, from the card
+    workers: int = 1  # the service's processes (python -m app --workers)
+
+    @property
+    def config(self) -> str:
+        """The configuration, for target lines: "service (...)", "service, 2 workers (...)"."""
+        workers = f", {self.workers} workers" if self.workers > 1 else ""
+        return f"{self.server}{workers} ({self.engine})"
 
     @classmethod
     def of(
@@ -162,6 +171,7 @@ class PeerRow:
         c1: list[Point],
         c32: list[Point],
         accuracy: float | None = None,
+        workers: int = 1,
     ) -> PeerRow:
         def med(points: list[Point], key: str) -> float:
             return statistics.median(getattr(p, key) for p in points) if points else math.nan
@@ -179,6 +189,7 @@ class PeerRow:
             max((p.rss_peak_mb for p in both), default=math.nan),
             sum(p.errors for p in both),
             accuracy,
+            workers,
         )
 
 
@@ -383,8 +394,9 @@ def estimate_minutes(args: argparse.Namespace, models: int) -> float:
     training = 10 * (args.train_steps + 1) if "training" not in args.skip else 0
     paired = 12 + args.paired_rounds * 2 * (args.paired_seconds + 0.8)
     paired *= "paired" not in args.skip
-    # side by side: ~4 servers (engines, TorchServe, naive) x rounds x 2 levels, + their starts
-    peer = 60 + 4 * args.peer_rounds * 2 * (math.ceil(args.peer_seconds) + 2.5)
+    # side by side: ~5 servers (engines, N workers, TorchServe, naive) x rounds x 2 levels,
+    # + their starts
+    peer = 75 + 5 * args.peer_rounds * 2 * (math.ceil(args.peer_seconds) + 2.5)
     peer *= "peer" not in args.skip
     total = models * (points * per_point + starts * 6 + ceiling + training + paired + peer)
     total += 0 if "workers" in args.skip else per_point + 8
@@ -471,7 +483,12 @@ def service_env(store: Path, args: argparse.Namespace, **settings: str) -> dict[
 def served_as(server: Server, name: str, env: dict[str, str]) -> str:
     """How the service runs ``name``, from its /models, e.g.
     "2 inference workers x 1 thread, bfloat16, torchscript"."""
-    info = next(m for m in json.loads(server.get_text("/models"))["models"] if m["name"] == name)
+    return describe_served(server.get_text("/models"), name, env)
+
+
+def describe_served(models_json: str, name: str, env: dict[str, str]) -> str:
+    """served_as, from the body of GET /models."""
+    info = next(m for m in json.loads(models_json)["models"] if m["name"] == name)
     threads = int(env.get("IMGSIM_TORCH_THREADS", Settings.model_fields["torch_threads"].default))
     workers = info["inference_workers"]
     return (
@@ -609,20 +626,31 @@ def bench_peer(
     args: argparse.Namespace,
     run_dir: Path,
 ) -> tuple[list[PeerRow], str]:
-    """The service on each engine, TorchServe and the naive server, all up at once, measured in
-    alternating rounds of c=1 then c=32 (issue 18). Returns the rows and why one is missing."""
+    """The service on each engine and with a worker process per core, TorchServe and the naive
+    server, all up at once, measured in alternating rounds of c=1 then c=32 (issue 18). Returns
+    the rows and why one is missing."""
     card = artifact.read_card(model_dir)
     note = ""
     print(f"  side by side, {args.peer_rounds} alternating rounds", flush=True)
-    # (label, engine description, server, requests, accuracy)
-    servers: list[tuple[str, str, Server, list[Request], float | None]] = []
+    # (label, engine description, server, requests, accuracy, worker processes)
+    servers: list[tuple[str, str, Server, list[Request], float | None, int]] = []
     with contextlib.ExitStack() as stack:
         for engine in service_engines(card):
             env = service_env(store, args, IMGSIM_CACHE_ENTRIES="0", IMGSIM_INFERENCE_ENGINE=engine)
             cmd = service_cmd()
             srv = stack.enter_context(Server.start(f"peer-{engine}-{name}", cmd, env, run_dir))
             label = served_as(srv, name, env)
-            servers.append(("service", label, srv, reqs, card_accuracy(card, engine)))
+            servers.append(("service", label, srv, reqs, card_accuracy(card, engine), 1))
+        processes = usable_cores()
+        if processes > 1:  # one GIL per process (issue 18): as many processes as cores
+            env = service_env(store, args, IMGSIM_CACHE_ENTRIES="0")  # engine as shipped: auto
+            cmd = service_cmd(workers=processes)
+            srv = stack.enter_context(
+                Server.start(f"peer-w{processes}-{name}", cmd, env, run_dir, processes=processes)
+            )
+            label, engine = served_by_workers(srv, name, env, processes)
+            accuracy = card_accuracy(card, engine) if engine else None
+            servers.append(("service", label, srv, reqs, accuracy, processes))
         try:
             ts = torchserve.TorchServe.prepare(
                 model_dir.resolve(), args.log_dir.resolve() / "torchserve"
@@ -630,7 +658,7 @@ def bench_peer(
             srv = stack.enter_context(ts.start(f"peer-torchserve-{name}", run_dir))
             ts_reqs = torchserve.requests_for(pairs)
             torchserve.wait_for_predictions(srv, ts_reqs[0])
-            servers.append(("TorchServe", torchserve.describe(), srv, ts_reqs, None))
+            servers.append(("TorchServe", torchserve.describe(), srv, ts_reqs, None, 1))
         except (torchserve.Unavailable, RuntimeError, OSError, subprocess.SubprocessError) as e:
             note = f"TorchServe row skipped: {str(e).splitlines()[0][:300]}"
             print(f"  {note}", flush=True)
@@ -638,7 +666,7 @@ def bench_peer(
         cmd = uvicorn_cmd("benchmarks.naive_server:create_app")
         srv = stack.enter_context(Server.start(f"peer-naive-{name}", cmd, env, run_dir, "/healthz"))
         servers.append(
-            ("naive", "1 thread, float32", srv, reqs, card_accuracy(card, "torchscript"))
+            ("naive", "1 thread, float32", srv, reqs, card_accuracy(card, "torchscript"), 1)
         )
 
         points: list[tuple[list[Point], list[Point]]] = [([], []) for _ in servers]
@@ -646,16 +674,33 @@ def bench_peer(
             order = list(range(len(servers)))
             order = order[i % len(order) :] + order[: i % len(order)]
             for k in order:
-                label, engine, srv, server_reqs, _ = servers[k]
+                label, engine, srv, server_reqs, _, _ = servers[k]
                 for c, into in ((1, points[k][0]), (TARGET_CONCURRENCY, points[k][1])):
                     into.append(
                         measure(srv, label, engine, server_reqs, c, args, args.peer_seconds, 1.0)
                     )
     rows = [
-        PeerRow.of(label, engine, c1, c32, accuracy)
-        for (label, engine, _, _, accuracy), (c1, c32) in zip(servers, points, strict=True)
+        PeerRow.of(label, engine, c1, c32, accuracy, workers)
+        for (label, engine, _, _, accuracy, workers), (c1, c32) in zip(servers, points, strict=True)
     ]
     return rows, note
+
+
+def served_by_workers(
+    server: Server, name: str, env: dict[str, str], processes: int
+) -> tuple[str, str]:
+    """How a ``--workers N`` service runs ``name``, and its engine ("" when they differ): each
+    worker chooses its own engine at start-up ("auto"), so ask /models over new connections
+    until each worker has answered, or a few times more."""
+    labels: dict[str, str] = {}
+    for _ in range(8 * processes):
+        models_json, worker = server.get_from_worker("/models")
+        labels.setdefault(worker, describe_served(models_json, name, env))
+        if len(labels) >= processes:
+            break
+    engines = {label.rsplit(", ", 1)[-1] for label in labels.values()}
+    described = " / ".join(sorted(set(labels.values())))
+    return f"engine auto: {described}", engines.pop() if len(engines) == 1 else ""
 
 
 def paired_c1(
@@ -708,7 +753,8 @@ def bench_workers(
     label = f"service, {args.workers} workers"
     print(f"\n== {label} ({name})", flush=True)
     cmd = service_cmd(workers=args.workers)
-    with Server.start(f"service-{name}-w{args.workers}", cmd, env, run_dir) as server:
+    tag = f"service-{name}-w{args.workers}"
+    with Server.start(tag, cmd, env, run_dir, processes=args.workers) as server:
         served = served_as(server, name, env)
         point = measure(server, label, served, cold, TARGET_CONCURRENCY, args)
         pids = process_tree(server.pid)
@@ -772,15 +818,20 @@ def check_targets(r: ModelResult, cores: int) -> None:
                 f"{svc.pairs_per_s / budget.pairs_per_s:.0%}",
             )
         )
-    if r.name == "mnist" and svc is not None:
+    best = best_service_c32(r)
+    if r.name == "mnist" and best is not None:
         # Issue 18 replaced issue 5's "80% of the HTTP floor", which the CPU budget put out of
-        # reach on 2 cores; the floor share stays as information.
+        # reach on 2 cores; the floor share stays as information. Judged on the best service
+        # configuration measured (one process, or a worker process per core side by side).
         target = f"c={c}: >= {MNIST_BUDGET_SHARE:.0%} of the CPU budget"
+        pairs, config = best
         if budget is None:
             add(None, target, "floor or ceiling not measured")
         else:
-            share = svc.pairs_per_s / budget.pairs_per_s
-            add(share >= MNIST_BUDGET_SHARE, target, f"{share:.0%}")
+            share = pairs / budget.pairs_per_s
+            detail = f"{share:.0%}: {pairs:.0f} pairs/s, {config}"
+            add(share >= MNIST_BUDGET_SHARE, target, detail)
+    if r.name == "mnist" and svc is not None:
         if floor is not None:
             share = svc.pairs_per_s / floor.pairs_per_s
             detail = f"{svc.pairs_per_s:.0f} vs {floor.pairs_per_s:.0f} = {share:.0%}"
@@ -823,6 +874,19 @@ def check_targets(r: ModelResult, cores: int) -> None:
     check_peer(r)
 
 
+def best_service_c32(r: ModelResult) -> tuple[float, str] | None:
+    """The most pairs/s at c=32 of any service configuration, and which: the one-process run,
+    or a side-by-side row (an engine, or a worker process per core)."""
+    found: list[tuple[float, str]] = []
+    svc = r.find("service", TARGET_CONCURRENCY)
+    if svc is not None:
+        found.append((svc.pairs_per_s, f"service ({svc.threads}), alone"))
+    for p in r.peer:
+        if p.server == "service":
+            found.append((p.c32_pairs_per_s, f"{p.config}, side by side"))
+    return max(found, key=lambda f: f[0], default=None)
+
+
 def check_peer(r: ModelResult) -> None:
     """Issue 18's targets against TorchServe, from the side-by-side rounds."""
     if not r.peer:
@@ -840,21 +904,31 @@ def check_peer(r: ModelResult) -> None:
         for target in vs_peer if r.name == "cifar10" else vs_peer[1:]:
             add(None, target, r.peer_note or "TorchServe not measured")
         return
-    fast = max(services, key=lambda p: p.c32_pairs_per_s)
     if r.name == "cifar10":
+        # The best configuration: the fastest of those that meet the target, else the fastest.
+        def meets(p: PeerRow) -> bool:
+            return (
+                p.c32_pairs_per_s >= PEER_TARGET_RATIO * peer.c32_pairs_per_s
+                and p.c32_p99_ms < peer.c32_p99_ms
+            )
+
+        fast = max(services, key=lambda p: (meets(p), p.c32_pairs_per_s))
         ratio = fast.c32_pairs_per_s / peer.c32_pairs_per_s
         add(
-            ratio >= PEER_TARGET_RATIO and fast.c32_p99_ms < peer.c32_p99_ms,
+            meets(fast),
             vs_peer[0],
-            f"service ({fast.engine}) {fast.c32_pairs_per_s:.0f} pairs/s, p99 "
+            f"{fast.config} {fast.c32_pairs_per_s:.0f} pairs/s, p99 "
             f"{fast.c32_p99_ms:.0f} ms vs TorchServe {peer.c32_pairs_per_s:.0f} pairs/s, p99 "
             f"{peer.c32_p99_ms:.0f} ms = x{ratio:.2f}",
         )
-    quick = min(services, key=lambda p: p.c1_p50_ms)
+    # c=1 is one request at a time: judged on the one-process service (several processes
+    # would only add their memory).
+    single = [p for p in services if p.workers == 1] or services
+    quick = min(single, key=lambda p: p.c1_p50_ms)
     add(
         quick.c1_p50_ms < peer.c1_p50_ms,
         vs_peer[1],
-        f"service ({quick.engine}) {quick.c1_p50_ms:.2f} ms vs TorchServe "
+        f"{quick.config} {quick.c1_p50_ms:.2f} ms vs TorchServe "
         f"{peer.c1_p50_ms:.2f} ms; medians of {peer.rounds} alternating rounds",
     )
     errors = sum(p.errors for p in services)
@@ -980,7 +1054,7 @@ def peer_table(r: ModelResult) -> str:
     ]
     rows = [
         [
-            p.server,
+            f"{p.server}, {p.workers} workers" if p.workers > 1 else p.server,
             p.engine,
             p.c1_p50_ms,
             p.c1_p99_ms,

@@ -100,8 +100,11 @@ class Server:
         log_dir: Path,
         ready_path: str = "/readyz",
         timeout_s: float = 180.0,
+        processes: int = 1,
     ) -> Server:
-        """Start and wait until ``ready_path`` answers 200 (models loaded and warmed up)."""
+        """Start and wait until ``ready_path`` answers 200 (models loaded and warmed up), from
+        ``processes`` different worker processes (``python -m app --workers N``: the first
+        ready worker answers while the others still load)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         port = free_port()
@@ -109,11 +112,15 @@ class Server:
             proc = subprocess.Popen(cmd(port), env=env, stdout=out, stderr=subprocess.STDOUT)
         server = cls(name, proc, port, log)
         deadline = time.monotonic() + timeout_s
+        ready: set[str] = set()
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
-            if server.get(ready_path) == 200:
-                return server
+            worker = server.ready_worker(ready_path)
+            if worker is not None:
+                ready.add(worker)
+                if len(ready) >= processes:
+                    return server
             time.sleep(0.2)
         server.stop()
         raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
@@ -127,9 +134,25 @@ class Server:
         except OSError:
             return None
 
+    def ready_worker(self, path: str) -> str | None:
+        """Which process answered ``path`` with 200, over a new connection: the service's
+        request ids are "<per-process prefix>-<counter>" (app/observability.py); "" for a
+        server without them; None when not ready."""
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.port}{path}", timeout=2) as r:
+                if r.status != 200:
+                    return None
+                return (r.headers.get("x-request-id") or "").rsplit("-", 1)[0]
+        except OSError:  # HTTPError (not ready) included
+            return None
+
     def get_text(self, path: str) -> str:
+        return self.get_from_worker(path)[0]
+
+    def get_from_worker(self, path: str) -> tuple[str, str]:
+        """The body of ``path`` and which process answered it (see ready_worker)."""
         with urllib.request.urlopen(f"http://{HOST}:{self.port}{path}", timeout=5) as r:
-            return r.read().decode()
+            return r.read().decode(), (r.headers.get("x-request-id") or "").rsplit("-", 1)[0]
 
     def log_tail(self, lines: int = 30) -> str:
         try:

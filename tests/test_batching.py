@@ -149,10 +149,9 @@ def test_queue_bound_raises_queue_full_at_once():
         queued = [asyncio.ensure_future(batcher.embed(x)) for x in xs[1:3]]
         await asyncio.sleep(0)
         assert batcher.queued == 2
-        started_at = time.perf_counter()
         with pytest.raises(QueueFull, match="limit 2"):
-            await batcher.embed(xs[3])
-        assert time.perf_counter() - started_at < 0.1
+            await batcher.embed(xs[3])  # at once: the gated worker has not let anything through
+        assert not recorder.gate.is_set()
         with pytest.raises(QueueFull):  # several images: all or none
             await batcher.embed_many(xs[:1])
         recorder.gate.set()
@@ -171,10 +170,9 @@ def test_deadline_drops_the_work():
         batcher = await started(Batcher(recorder))
         first = asyncio.ensure_future(batcher.embed(xs[0]))
         await wait_until(recorder.entered)
-        started_at = time.perf_counter()
         with pytest.raises(DeadlineExceeded, match="did not answer in time"):
             await batcher.embed(xs[1], deadline=time.monotonic() + 0.05)
-        assert time.perf_counter() - started_at < 0.5
+        assert not recorder.gate.is_set()  # answered by the deadline, not by the worker
         recorder.gate.set()
         await first
         await batcher.stop()

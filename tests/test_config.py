@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import SPLIT_MIN_MFLOPS, Settings
 
 
 def test_defaults(monkeypatch):
@@ -68,6 +69,25 @@ def test_inference_workers_a_core_each_for_a_slow_model_one_for_a_tiny_one():
     assert Settings(workers=cores * 2).inference_workers_for(slow) == 1  # never 0
     assert Settings(workers=1, torch_threads=cores).inference_workers_for(slow) == 1
     assert Settings(inference_workers=3).inference_workers_for(tiny) == 3  # set by hand: as is
+
+
+def test_workers_auto_is_one_per_core_and_inference_threads_follow():
+    from app.__main__ import _workers
+    from app.config import usable_cores
+
+    cores = usable_cores()
+    assert _workers("auto") == 0 and _workers("3") == 3
+    for bad in ["-1", "two", ""]:
+        with pytest.raises(argparse.ArgumentTypeError, match="'auto'"):
+            _workers(bad)
+    auto = Settings(workers=0)
+    assert auto.worker_processes() == cores and Settings(workers=3).worker_processes() == 3
+    # Each of the auto processes takes its share of the cores, as if their number were given.
+    slow = SPLIT_MIN_MFLOPS * 2
+    assert auto.inference_workers_for(slow) == Settings(workers=cores).inference_workers_for(slow)
+    assert auto.inference_workers_for(slow) == 1  # cores // cores
+    with pytest.raises(ValidationError):
+        Settings(workers=-1)
 
 
 def test_inference_precision_is_one_of_three():

@@ -22,7 +22,7 @@ from image_bytes import (
 )
 from PIL import Image
 
-from app.images import TooLarge, Undecodable, decode, pixels_to_decode
+from app.images import TooLarge, Undecodable, decode, pixels_to_decode, survey
 
 MAX_PIXELS = 40_000_000
 GREY = ("L", (28, 28))
@@ -160,6 +160,21 @@ def test_pixels_to_decode_reads_only_the_header():
     assert pixels_to_decode(png(size=(40, 30))[:60], (28, 28), 10_000) == 1200  # header only
     assert pixels_to_decode(png(size=(40, 30)), (28, 28), 1000) == 0  # refused unread anyway
     assert pixels_to_decode(b"not an image", (28, 28), 10_000) == 0
+
+
+def test_survey_names_the_largest_image_or_tile_decode_checks():
+    assert survey(png(size=(40, 30)), (28, 28), 10_000) == (1200, 1200)
+    assert survey(png(size=(40, 30)), (28, 28), 1000) == (0, 1200)  # over the limit: declared
+    assert survey(tiled_tiff((64, 64), tile=1024), (28, 28), 40_000_000) == (4096, 1024 * 1024)
+    assert survey(b"not an image", (28, 28), 10_000) == (0, 0)
+    # A drafted JPEG decodes 1/64 of its pixels, but its header declares them all.
+    full = encode(noise(size=(800, 800)), "JPEG")
+    assert survey(full, (32, 32), 40_000_000) == (100 * 100, 800 * 800)
+    # Under a cap of at least that second number, decode decides as under the real limit.
+    tiles = tiled_tiff((64, 64), tile=1024, value=7)
+    with pytest.raises(TooLarge):
+        decode(tiles, "L", (28, 28), max_pixels=1024 * 1024 - 1)
+    assert decode(tiles, "L", (28, 28), max_pixels=1024 * 1024).unique().tolist() == [7]
 
 
 def test_sixteen_bit_conversion_needs_no_int64():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import MetricsDep
 
@@ -17,4 +19,7 @@ router = APIRouter(tags=["metrics"])
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # Off the event loop: the drift gauges cost an eigendecomposition, and with several
+    # workers the scrape reads and merges every worker's metric files.
+    text = await asyncio.to_thread(metrics.exposition)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

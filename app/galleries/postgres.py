@@ -70,8 +70,9 @@ POOL_SIZE = 8  # idle connections kept; more are opened under load and closed af
 class PostgresStore(GalleryStore):
     native_ann = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ef_search: int) -> None:
         self.url = url
+        self.ef_search = ef_search
         self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue(POOL_SIZE)
         self._dims: set[int] = set()
         self._dims_lock = threading.Lock()
@@ -225,7 +226,7 @@ class PostgresStore(GalleryStore):
         with self._tx() as db:
             # ef_search bounds what HNSW returns (at most 1000 in pgvector); the gallery filter
             # applies after the index scan, see docs/galleries.md.
-            db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(100, n))}")
+            db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self.ef_search, n))}")
             gallery_id = _gallery_id(db, gallery)
             rows = db.execute(
                 f"SELECT id, subject, embedding::real[] FROM images"

@@ -236,7 +236,7 @@ def open_store(settings: Settings) -> GalleryStore:
     if url.startswith(("postgresql://", "postgres://")):
         from app.galleries.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, ef_search=settings.gallery_ef_search)
     raise ValueError(
         f"IMGSIM_GALLERY_URL: unsupported scheme in {url.split(':', 1)[0]!r}; "
         "use sqlite:///path or postgresql://..."

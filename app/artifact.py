@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, model_validator
 
+from app.precision import int8_saturates
+
 MODEL_FILE = "model.pt"
 CARD_FILE = "model.json"
 FORMAT = "torchscript"
@@ -294,6 +296,11 @@ def _load_onnx_engine(model_dir: Path, section: OnnxCard, threads: int) -> OnnxM
     return load_onnx(path, threads)
 
 
+def int8_safe_here(section: OnnxCard) -> bool:
+    """An int8 file runs exactly here if its weights use 7 bits or the CPU sums in 32 bits."""
+    return bool(section.quantization.get("reduce_range")) or not int8_saturates()
+
+
 def load(model_dir: Path, *, onnx: bool = True, onnx_threads: int = 1) -> Artifact:
     """Load one model directory, refusing it unless model.pt matches the card's sha256.
 
@@ -320,6 +327,12 @@ def load(model_dir: Path, *, onnx: bool = True, onnx_threads: int = 1) -> Artifa
     for i, section in enumerate((card.onnx, card.onnx_int8)):
         if onnx and section is not None:
             try:
+                if section.precision == "int8" and not int8_safe_here(section):
+                    raise ArtifactError(
+                        f"{section.file}: quantized with full-range int8 weights, which overflow "
+                        "ONNX Runtime's int8 kernels on a CPU without VNNI (this one); re-export "
+                        "it with `python -m training.export_onnx MODEL_DIR --int8`"
+                    )
                 engines[i] = _load_onnx_engine(model_dir, section, onnx_threads)
             except ArtifactError as e:
                 errors[i] = str(e)

@@ -11,8 +11,9 @@ at one image and at one batch, and the one with the smaller sum wins: the one-im
 a lone request waits, the batch time what the server's throughput is made of. The ONNX graph is
 float32 (or int8) whatever IMGSIM_INFERENCE_PRECISION says (bfloat16 autocast is a torch
 feature), so the TorchScript candidate is timed at the resolved precision, the ONNX ones in their
-own. A CPU without fast int8 (VNNI) or bfloat16 still runs both correctly, only slower, and the
-timing then picks another engine: that is the clean fallback.
+own. A CPU without native bfloat16 or VNNI runs them slower, and the timing then picks another
+engine: that is the clean fallback (an int8 file that would overflow there is not even loaded:
+app/artifact.py).
 See docs/serving-engine.md for the measurements behind this.
 """
 

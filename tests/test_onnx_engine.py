@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import shutil
 from pathlib import Path
 
@@ -281,3 +282,27 @@ def test_the_service_serves_int8_when_asked_and_says_so(make_settings, int8_stor
     assert models["cifar10"]["onnx_int8"]["precision"] == "int8"
     # mnist has no int8 file: TorchScript, the contract
     assert models["mnist"]["engine"] == "torchscript"
+
+
+def test_full_range_int8_is_refused_where_it_would_overflow(int8_store, tmp_path, monkeypatch):
+    """An int8 file quantized with 8-bit weights (before reduce_range) is not loaded on an x86
+    CPU without VNNI, and the reason is kept for /models; the exporter's 7-bit files load."""
+    from app import precision
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the overflow is an x86 kernel's (16-bit sums without VNNI)")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    model_dir = tmp_path / "cifar10"
+    shutil.copytree(int8_store / "cifar10", model_dir)
+    assert artifact.read_card(model_dir).onnx_int8.quantization["reduce_range"] is True
+    assert artifact.load(model_dir).onnx_int8 is not None
+
+    card = json.loads((model_dir / "model.json").read_text())
+    del card["onnx_int8"]["quantization"]["reduce_range"]
+    (model_dir / "model.json").write_text(json.dumps(card))
+    art = artifact.load(model_dir)
+    assert art.onnx_int8 is None and art.onnx is not None
+    assert "without VNNI" in art.onnx_int8_error and "--int8" in art.onnx_int8_error
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert artifact.load(model_dir).onnx_int8 is not None

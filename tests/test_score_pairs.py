@@ -89,6 +89,8 @@ def test_scores_every_pair_as_the_service_does(service, digits, photos, tmp_path
     assert "accuracy against label:" in done.stderr
     scored = read_rows(out)
     assert [(r["image_a"], r["image_b"], r["label"]) for r in scored] == pairs  # input order
+    # Within float32 rounding: the script's concurrent requests share batches, the check's
+    # lone ones do not, and a convolution's sums may group differently by batch size.
     for row in scored[:4]:
         expected = httpx.post(
             f"{service}/verify",
@@ -98,8 +100,8 @@ def test_scores_every_pair_as_the_service_does(service, digits, photos, tmp_path
             },
             timeout=30,
         ).json()
-        assert float(row["distance"]) == pytest.approx(expected["distance"], abs=1e-9)
-        assert float(row["similarity"]) == pytest.approx(expected["similarity"], abs=1e-9)
+        assert float(row["distance"]) == pytest.approx(expected["distance"], abs=1e-6)
+        assert float(row["similarity"]) == pytest.approx(expected["similarity"], abs=1e-6)
         assert row["same"] == str(expected["same"]) and row["error"] == ""
         assert row["model"] == "mnist" and row["warnings"] == " ".join(expected["warnings"])
     assert float(scored[2]["distance"]) == pytest.approx(0, abs=1e-6)

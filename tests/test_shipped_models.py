@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from app import artifact
 from app.config import Settings
 from app.main import create_app
+from app.precision import resolve as resolve_precision
 
 ROOT = Path(__file__).parents[1]
 STORE = ROOT / "model_store"
@@ -103,24 +104,38 @@ PRECISIONS = ("float32", "bfloat16")  # the service runs bfloat16 where the CPU 
 # How the service may run a model: TorchScript at either precision, or model.onnx (issue 18).
 VARIANTS = (*PRECISIONS, "onnx", "onnx-int8")
 ONNX_SECTIONS = {"onnx": "onnx", "onnx-int8": "onnx_int8"}  # engine -> card field
+# Without native bfloat16 the service never runs it (app/precision.py), and oneDNN's emulation
+# takes minutes for one test folder (cifar10: ~4 min on an AVX2-only EPYC): checked where native.
+NATIVE_BF16 = resolve_precision("auto") == "bfloat16"
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
-    """`python -m training.evaluate` on each shipped model in each variant, once per session."""
-    from training.evaluate import main as evaluate
+class Evaluations:
+    """`python -m training.evaluate` on a shipped model in one variant, run when a test first
+    asks for it (each under that test's own timeout) and kept for the session."""
 
-    results = {}
-    for name in SHIPPED:
-        for variant in VARIANTS:
-            if variant in ONNX_SECTIONS and not _serves(name, variant):
-                continue
-            out = tmp_path_factory.mktemp(name) / f"metrics-{variant}.json"
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp = tmp_path_factory
+        self.done: dict[tuple[str, str], dict] = {}
+
+    def get(self, name: str, variant: str) -> dict:
+        if variant == "bfloat16" and not NATIVE_BF16:
+            pytest.skip("this CPU has no native bfloat16: the service runs float32 here")
+        if variant in ONNX_SECTIONS and not _serves(name, variant):
+            pytest.skip(f"{name} has no {variant} engine here")
+        if (name, variant) not in self.done:
+            from training.evaluate import main as evaluate
+
+            out = self.tmp.mktemp(name) / f"metrics-{variant}.json"
             argv = [str(STORE / name), "--data-dir", str(DATA_DIR), "--json", str(out)]
             how = ["--engine", variant] if variant in ONNX_SECTIONS else ["--precision", variant]
             assert evaluate([*argv, *how]) == 0
-            results[name, variant] = json.loads(out.read_text())
-    return results
+            self.done[name, variant] = json.loads(out.read_text())
+        return self.done[name, variant]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Evaluations:
+    return Evaluations(tmp_path_factory)
 
 
 def _serves(name: str, engine: str) -> bool:
@@ -133,13 +148,15 @@ def _serves(name: str, engine: str) -> bool:
 @needs_data
 @pytest.mark.parametrize("name", SHIPPED)
 def test_card_metrics_are_what_evaluation_measures(name, evaluated):
-    t = evaluated[name, "float32"]["test"]
+    t = evaluated.get(name, "float32")["test"]
     assert t["pairs"] == 10_000  # 5,000 test images, each in one same and one different pair
     card = artifact.read_card(STORE / name)
     for key in ("accuracy", "roc_auc", "eer", "precision_at_1"):
         assert card.metrics["test"][key] == pytest.approx(t[key], abs=1e-4), key
     for precision, m in card.metrics.get("by_precision", {}).items():
-        measured = evaluated[name, precision]["test"]
+        if precision == "bfloat16" and not NATIVE_BF16:
+            continue  # test_shipped_model_meets_its_targets_on_the_test_folder says it skipped
+        measured = evaluated.get(name, precision)["test"]
         assert m["pair_accuracy"] == pytest.approx(measured["accuracy"], abs=1e-4), precision
 
 
@@ -149,11 +166,9 @@ def test_card_metrics_are_what_evaluation_measures(name, evaluated):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evaluated, request):
-    if (name, variant) not in evaluated:
-        pytest.skip(f"{name} has no {variant} engine here")
+    t = evaluated.get(name, variant)["test"]
     if name in NOT_YET_MET:  # strict: passes (and so fails the run) the day the target is met
         request.applymarker(pytest.mark.xfail(reason=NOT_YET_MET[name], strict=True))
-    t = evaluated[name, variant]["test"]
     want = TARGETS[name]
     assert t["accuracy"] >= want["accuracy"], t
     assert t["roc_auc"] >= want["roc_auc"], t
@@ -173,15 +188,16 @@ def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evalu
 @pytest.mark.parametrize("engine", sorted(ONNX_SECTIONS))
 @pytest.mark.parametrize("name", SHIPPED)
 def test_onnx_card_metrics_are_what_evaluation_measures_on_that_engine(name, engine, evaluated):
-    if (name, engine) not in evaluated:
-        pytest.skip(f"{name} has no {engine} engine here")
+    t = evaluated.get(name, engine)["test"]
     card = artifact.read_card(STORE / name)
     section = getattr(card, ONNX_SECTIONS[engine])
     if section.tolerance is not None:  # float32: held to model.pt per component
         assert section.max_abs_diff <= section.tolerance
-    t = evaluated[name, engine]["test"]
+    # int8 kernels differ by instruction set (VNNI, or AVX2's saturating 16-bit sums), so the
+    # card's int8 figures hold to a few pairs in 10,000 on another CPU; float32 to rounding.
+    tolerance = 2e-3 if engine == "onnx-int8" else 1e-4
     for key in ("accuracy", "roc_auc", "eer", "precision_at_1"):
-        assert section.metrics["test"][key] == pytest.approx(t[key], abs=1e-4), key
+        assert section.metrics["test"][key] == pytest.approx(t[key], abs=tolerance), key
     # issue 18's limits against the TorchScript reference (float32 ONNX: far inside them)
     assert card.metrics["test"]["accuracy"] - t["accuracy"] <= artifact.INT8_MAX_ACCURACY_DROP
     assert card.metrics["test"]["roc_auc"] - t["roc_auc"] <= artifact.INT8_MAX_AUC_DROP

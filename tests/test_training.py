@@ -294,6 +294,22 @@ def test_reflect_padding_shifts_in_the_mirrored_border_not_zeros():
     assert not (y == 0).any() and (y != x).any(dim=(1, 2, 3)).sum() > 32
 
 
+def test_random_erasing_zeroes_one_rectangle_in_the_chosen_share_of_images():
+    x = torch.randint(1, 256, (2000, 1, 28, 28), dtype=torch.uint8)  # no zero pixel anywhere
+    g = torch.Generator().manual_seed(0)
+    y = augment(x, translate=0, flip=False, generator=g, erase=0.5)
+    zero = y == 0
+    erased = zero.any(dim=(1, 2, 3))
+    assert 0.45 < erased.float().mean() < 0.55
+    assert (y[~zero] == x[~zero]).all()  # nothing else changes
+    for img in zero[erased][:200, 0]:  # the zeros of each image form one filled rectangle
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        box = img[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.all() and box.sum() == img.sum()
+    share = zero[erased].float().mean(dim=(1, 2, 3))
+    assert share.min() >= 0.01 and share.max() <= 0.45
+
+
 @pytest.mark.slow
 def test_airbench_recipe_trains_and_exports_the_lookahead_weights(tmp_path, capsys):
     out = _train_small(

@@ -81,6 +81,7 @@ class TrainConfig:
     translate: int = 2  # random shift augmentation (crops of the padded image), pixels
     pad: Pad = "zeros"  # what shifted-in pixels are: zeros (dark backgrounds) | reflect (photos)
     flip: bool = False  # random horizontal flips
+    erase: float = 0.0  # share of images with a random rectangle zeroed (random erasing)
     # export
     min_val_auc: float = 0.75  # refuse to export below this validation ROC AUC (--force)
     # run

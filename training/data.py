@@ -257,9 +257,12 @@ def augment(
     flip: bool,
     generator: torch.Generator,
     pad: str = "zeros",
+    erase: float = 0.0,
 ) -> torch.Tensor:
     """Random translation by up to ``translate`` px and horizontal flips, per image. Shifted-in
-    pixels are zeros (digits on black) or the mirrored border (``pad="reflect"``, photos).
+    pixels are zeros (digits on black) or the mirrored border (``pad="reflect"``, photos). With
+    probability ``erase``, a random rectangle of the image is then zeroed (random erasing, Zhong
+    et al. 2017): the tower must match items by more than one telling patch (a collar, a logo).
 
     (B, C, H, W) uint8 in, same out. Whole-batch ops grouped by shift: at most (2t+1)^2 groups.
     """
@@ -283,4 +286,25 @@ def augment(
             dy, dx = divmod(code, 2 * t + 1)
             out[idx] = padded[idx, :, dy : dy + h, dx : dx + w]
         x = out
+    if erase > 0:
+        x = _erase(x, erase, generator)
     return x
+
+
+def _erase(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Zero one rectangle in a share ``p`` of the images: area 2-40% of the image, aspect ratio
+    1/3 to 3 (log-uniform), anywhere it fits; one mask built for the whole batch."""
+    b, _, h, w = x.shape
+    area = torch.empty(b).uniform_(0.02, 0.4, generator=generator) * h * w
+    log_r = torch.empty(b).uniform_(-1.0986, 1.0986, generator=generator)  # ln(1/3) .. ln(3)
+    eh = (area * log_r.exp()).sqrt().round().clamp(1, h).long()
+    ew = (area / log_r.exp()).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(b, generator=generator) * (h - eh + 1)).long()
+    x0 = (torch.rand(b, generator=generator) * (w - ew + 1)).long()
+    chosen = torch.rand(b, generator=generator) < p
+    rows = torch.arange(h)[None, :]
+    cols = torch.arange(w)[None, :]
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])  # (B, H)
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])  # (B, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None]  # (B, H, W)
+    return x.masked_fill(mask[:, None], 0)

@@ -256,7 +256,12 @@ def train_one_epoch(
     t0, seen, total = time.perf_counter(), 0, 0.0
     for idx in bar:
         x = augment(
-            data.images[idx], translate=cfg.translate, flip=cfg.flip, generator=g, pad=cfg.pad
+            data.images[idx],
+            translate=cfg.translate,
+            flip=cfg.flip,
+            generator=g,
+            pad=cfg.pad,
+            erase=cfg.erase,
         ).to(device, non_blocking=True)
         y = data.labels[idx].to(device, non_blocking=True)
         loss = model(x, y)

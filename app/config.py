@@ -150,8 +150,8 @@ class Settings(BaseSettings):
     # admitted up to its own cap (files x max_upload_bytes), so the largest one still works.
     upload_budget_bytes: int = Field(256 * 1024 * 1024, gt=0)
 
-    # Connections (docs/security.md). Used by `python -m app`, which runs uvicorn's h11 server
-    # with these limits; the header timeout and the body timeouts are ours.
+    # Connections (docs/security.md). Used by `python -m app`, which runs uvicorn's httptools
+    # server with these limits (app/connections.py); the header ones and the body timeouts are ours.
     max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; then 431/close
     header_timeout_s: float = Field(10.0, gt=0)  # to send the request line and all headers
     body_idle_timeout_s: float = Field(10.0, gt=0)  # longest pause between two body chunks

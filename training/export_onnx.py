@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=2000, help="test images to check on")
     p.add_argument("--tolerance", type=float, default=artifact.ONNX_ATOL)
     p.add_argument("--int8", action="store_true", help="also try the int8 engine (see above)")
-    p.add_argument("--calibration-images", type=int, default=512)
+    p.add_argument("--calibration-images", type=int, default=2048)
     args = p.parse_args(argv)
 
     card = artifact.read_card(args.model_dir)

@@ -25,7 +25,7 @@ import torch
 from app import artifact
 from app.precision import Precision, autocast
 from training.calibrate import balanced_pairs, pair_distances, verification_metrics
-from training.data import DataError, Split, load_dataset, load_folder
+from training.data import DataError, Split, load_dataset, load_folder, load_test_split
 
 PAIR_SEED = 1234  # fixed: every evaluation of every model sees the same test pairs
 
@@ -154,6 +154,12 @@ def test_images(
         if not ((root / "train").is_dir() and (root / "test").is_dir()):
             classes, split = load_folder(root, card.mode, size, cache_dir=None)
             return classes, split
+    # A data set with its own test set: its training images are not needed.
+    found = load_test_split(
+        spec, data_dir, channels=card.input.channels, image_size=card.input.height
+    )
+    if found is not None:
+        return found
     bundle = load_dataset(
         spec,
         data_dir,
@@ -251,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.record and (args.dataset or args.threshold or args.pairs):
         p.error("--record keeps the card's own test set, pairs and threshold")
 
-    art = artifact.load(args.model_dir, onnx=args.engine != "torchscript")
+    # Offline: ONNX Runtime may use every core torch does (the service gives it one per worker).
+    onnx_threads = torch.get_num_threads()
+    art = artifact.load(
+        args.model_dir, onnx=args.engine != "torchscript", onnx_threads=onnx_threads
+    )
     card = art.card
     engine = art.module
     if args.engine != "torchscript":

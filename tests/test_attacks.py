@@ -144,7 +144,6 @@ def test_a_header_over_the_cap_is_refused_and_the_connection_closed(guarded):
     assert httpx.get(f"{guarded.base}/healthz", timeout=10).status_code == 200
 
 
-
 def test_a_head_under_the_cap_is_served_in_pieces(guarded):
     # max_header_bytes is 8192: 7,000 bytes of headers, sent in small pieces, are still served.
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 7000 + b"\r\n\r\n"
@@ -153,6 +152,7 @@ def test_a_head_under_the_cap_is_served_in_pieces(guarded):
             sock.sendall(head[i : i + 500])
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
 
 # --- 4. slow clients ----------------------------------------------------------------------------
 

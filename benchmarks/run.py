@@ -158,10 +158,14 @@ class PeerRow:
     workers: int = 1  # the service's processes (python -m app --workers)
 
     @property
+    def label(self) -> str:
+        """The server column: "service", "service, 2 workers", "TorchServe"."""
+        return f"{self.server}, {self.workers} workers" if self.workers > 1 else self.server
+
+    @property
     def config(self) -> str:
         """The configuration, for target lines: "service (...)", "service, 2 workers (...)"."""
-        workers = f", {self.workers} workers" if self.workers > 1 else ""
-        return f"{self.server}{workers} ({self.engine})"
+        return f"{self.label} ({self.engine})"
 
     @classmethod
     def of(
@@ -1054,7 +1058,7 @@ def peer_table(r: ModelResult) -> str:
     ]
     rows = [
         [
-            f"{p.server}, {p.workers} workers" if p.workers > 1 else p.server,
+            p.label,
             p.engine,
             p.c1_p50_ms,
             p.c1_p99_ms,

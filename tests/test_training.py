@@ -16,7 +16,7 @@ import torch
 
 from app import artifact
 from training.config import PRESETS, RUN_FIELDS, TrainConfig, parse_args
-from training.data import DataError, augment, load_dataset
+from training.data import DataError, augment, load_dataset, load_test_split
 from training.losses import LOSSES, LossSpec, build_loss
 from training.nets import build_tower
 from training.reference_stats import add_reference_stats
@@ -78,6 +78,26 @@ def test_exclude_classes_removes_them_from_train_and_val_only(small_mnist):
     assert not torch.isin(b.train.labels, torch.tensor([5, 7])).any()
     assert not torch.isin(b.val.labels, torch.tensor([5, 7])).any()
     assert torch.isin(b.test.labels, torch.tensor([5, 7])).any()
+
+
+def test_the_test_split_alone_is_the_one_load_dataset_gives(tmp_path):
+    """Evaluation loads only test/ of a folder with train/ and test/ (not the training images):
+    the same classes, images and labels as the whole load; a folder without them has none."""
+    root = tmp_path / "digits"
+    for part, files in (("train", slice(0, 20)), ("test", slice(20, 30))):
+        for digit in ("3", "7", "9"):
+            (root / part / digit).mkdir(parents=True)
+            for f in sorted((FIXTURES / "mnist_small" / digit).glob("*.png"))[files]:
+                shutil.copy(f, root / part / digit / f.name)
+    whole = load_dataset(f"folder:{root}", tmp_path, channels=1, image_size=28, cache_dir=None)
+    alone = load_test_split(f"folder:{root}", tmp_path, channels=1, image_size=28, cache_dir=None)
+    assert alone is not None
+    classes, test = alone
+    assert classes == whole.classes and len(test) == 30
+    assert torch.equal(test.images, whole.test.images)
+    assert torch.equal(test.labels, whole.test.labels)
+    flat = f"folder:{FIXTURES / 'mnist_small'}"
+    assert load_test_split(flat, tmp_path, channels=1, image_size=28, cache_dir=None) is None
 
 
 def test_augment_shifts_and_flips_without_changing_content_amount():

@@ -67,6 +67,17 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.cat(rest).sort().values, torch.cat(held).sort().values
 
 
+_TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # spec -> torchvision class
+
+
+def _torchvision_classes(spec: str) -> list[str]:
+    if spec == "mnist":
+        return [str(i) for i in range(10)]
+    import torchvision.datasets as tvd
+
+    return list(getattr(tvd, _TORCHVISION[spec]).classes)
+
+
 def _torchvision_split(cls_name: str, root: Path, train: bool, download: bool) -> Split:
     import torchvision.datasets as tvd
 
@@ -184,24 +195,17 @@ def load_test_split(
     training images (decoding CIFAR-10's 50,000 took half a minute per evaluation); None for a
     folder without train/ and test/, whose test split is carved out of the whole."""
     data_dir = Path(data_dir)
-    if spec in ("mnist", "fashion-mnist"):
-        name = "MNIST" if spec == "mnist" else "FashionMNIST"
-        classes = [str(i) for i in range(10)]
-        if spec == "fashion-mnist":
-            import torchvision.datasets as tvd
-
-            classes = list(tvd.FashionMNIST.classes)
-        return classes, _torchvision_split(name, data_dir, False, download)
+    if spec in _TORCHVISION:
+        return _torchvision_classes(spec), _torchvision_split(
+            _TORCHVISION[spec], data_dir, False, download
+        )
     if spec == "cifar10" and (data_dir / "cifar10" / "test").is_dir():
         return load_folder(data_dir / "cifar10" / "test", "RGB", (32, 32), cache_dir)
-    if spec.startswith("folder:"):
-        root = Path(spec.removeprefix("folder:"))
-        if (root / "train").is_dir() and (root / "test").is_dir():
+    root = Path(spec.removeprefix("folder:"))
+    if spec.startswith("folder:") and image_size and (root / "train").is_dir():
+        if (root / "test").is_dir():  # sized as the model's input, as the trainer sized them
             mode = "L" if channels == 1 else "RGB"
-            size = (image_size, image_size) if image_size else None
-            if size is None:  # the trainer sized test images like train's first image
-                return None
-            return load_folder(root / "test", mode, size, cache_dir)
+            return load_folder(root / "test", mode, (image_size, image_size), cache_dir)
     return None
 
 
@@ -228,16 +232,10 @@ def load_dataset(
     classes the tower never saw, as a user's new classes will be.
     """
     data_dir = Path(data_dir)
-    if spec == "mnist":
-        classes = [str(i) for i in range(10)]
-        train = _torchvision_split("MNIST", data_dir, True, download)
-        test = _torchvision_split("MNIST", data_dir, False, download)
-    elif spec == "fashion-mnist":
-        train = _torchvision_split("FashionMNIST", data_dir, True, download)
-        test = _torchvision_split("FashionMNIST", data_dir, False, download)
-        import torchvision.datasets as tvd
-
-        classes = list(tvd.FashionMNIST.classes)
+    if spec in _TORCHVISION:
+        classes = _torchvision_classes(spec)
+        train = _torchvision_split(_TORCHVISION[spec], data_dir, True, download)
+        test = _torchvision_split(_TORCHVISION[spec], data_dir, False, download)
     elif spec == "cifar10":
         classes, train, test = _cifar10(data_dir, download, cache_dir)
     elif spec.startswith("folder:"):

@@ -374,6 +374,35 @@ def test_logits_readout_exports_the_classifier_scores_as_the_embedding(capsys):
     assert e.value.code == 2 and "needs loss = 'softmax'" in capsys.readouterr().err
 
 
+def test_probabilities_readout_is_the_root_of_the_tempered_softmax_of_all_views(tmp_path):
+    from app import artifact
+    from training.train import readout_tower
+
+    torch.manual_seed(0)
+    tower = build_tower(
+        "airbench", channels=1, height=12, width=12, embedding_dim=8, widths=[4, 8],
+        mean=[0.5], std=[0.25], normalize=True, flip_tta=True,
+    )  # fmt: skip
+    loss = build_loss(LossSpec("softmax", None, 1 / 9, 0.1, True, 0.2), 3, 8)
+    x = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8)
+    exported = readout_tower(tower.eval(), loss, "probabilities", temperature=0.5).eval()
+    with torch.no_grad():
+        scores = loss.loss.classifier(tower.embed(x)) + loss.loss.classifier(
+            tower.embed(x.flip(-1))
+        )
+        want = torch.softmax(scores / 0.5, dim=1).sqrt()
+        torch.testing.assert_close(exported(x), want)
+        assert not torch.allclose(want, torch.nn.functional.normalize(scores, dim=1))
+        # the exported file computes the same (TorchScript keeps the temperature)
+        artifact.save_module(exported, tmp_path / "model.pt")
+        torch.testing.assert_close(artifact.load_module(tmp_path / "model.pt")(x), want)
+    torch.testing.assert_close(
+        want.norm(dim=1), torch.ones(5)
+    )  # unit vectors, as the service wants
+    with pytest.raises(ValueError, match="readout_temperature must be above 0"):
+        TrainConfig(loss="softmax", readout="probabilities", readout_temperature=0)
+
+
 def _noise_folder(root: Path, classes: int, per_class: int, size: int = 28) -> Path:
     """Class folders of random-noise PNGs: real image files whose labels cannot be learnt."""
     from PIL import Image

@@ -34,6 +34,7 @@ class Tower(nn.Module):
         flip_tta: bool = False,
         shift_tta: int = 0,
         head: bool = True,
+        probability_temperature: float = 0.0,
     ) -> None:
         super().__init__()
         c = len(mean)
@@ -48,6 +49,10 @@ class Tower(nn.Module):
         # mirror (flip_tta) and copies shifted diagonally by +-shift_tta px (reflect-padded).
         self.flip_tta = flip_tta
         self.shift_tta = shift_tta
+        # > 0: the head gives class scores and the embedding is sqrt(softmax(scores / T)), a unit
+        # vector whose distances are Hellinger distances between the class distributions (see
+        # training.train.readout_tower); 0: the head's output as it is.
+        self.probability_temperature = probability_temperature
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float (N, C, H, W), zero mean and unit variance per channel."""
@@ -73,6 +78,8 @@ class Tower(nn.Module):
                 views.append(padded[..., 2 * s : 2 * s + h, 2 * s : 2 * s + w])
             z = self.embed(torch.cat(views))  # (views * N, D), one forward pass for all views
             z = z.view(-1, n, z.shape[1]).sum(0)  # (N, D)
+        if self.probability_temperature > 0:
+            z = torch.softmax(z / self.probability_temperature, dim=1).sqrt()
         if self.normalize:
             z = F.normalize(z, dim=1)
         return z

@@ -191,9 +191,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {
         **_AIRBENCH, "dataset": "cifar10", "widths": [64, 256, 256], "embedding_dim": 256,
         "epochs": 16, "flip_tta": True, "eval_every": 2,
-        # Class probabilities (square-rooted), not normalised scores: on the validation split of
-        # the earlier logits-readout tower, TAR at FAR 1e-3 over all pairs 0.39 -> 0.49 at
-        # temperature 4 (1 and 2 tie distances at 0 in float32, 8 is lower), same accuracy.
+        # Class probabilities (square-rooted), not normalised scores: they keep how unsure the
+        # tower was, which is what separates the closest impostors at a low false-accept rate
+        # (train.readout_tower). Temperature chosen on the validation split (docs/training.md):
+        # colder ones saturate float32 and tie many distances at 0.
         "readout": "probabilities", "readout_temperature": 4.0,
     },
     # Clothing is left-right symmetric and centred on black: the digits recipe plus random flips

@@ -403,6 +403,29 @@ def test_probabilities_readout_is_the_root_of_the_tempered_softmax_of_all_views(
         TrainConfig(loss="softmax", readout="probabilities", readout_temperature=0)
 
 
+def test_probabilities_readout_of_cosface_uses_the_cosines_to_its_class_weights(tmp_path):
+    from app import artifact
+    from training.train import readout_tower
+
+    torch.manual_seed(0)
+    tower = build_tower(
+        "convnet", channels=1, height=12, width=12, embedding_dim=6, widths=[4, 8],
+        mean=[0.5], std=[0.25], normalize=True, flip_tta=True,
+    ).eval()  # fmt: skip
+    loss = build_loss(LossSpec("cosface", 0.35, 30.0, 0.1, True, 0.0), 4, 6)
+    x = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8)
+    exported = readout_tower(tower, loss, "probabilities", temperature=0.1).eval()
+    with torch.no_grad():
+        cosines = tower(x) @ torch.nn.functional.normalize(loss.loss.W, dim=0)  # (5, 4)
+        want = torch.softmax(cosines / 0.1, dim=1).sqrt()
+        torch.testing.assert_close(exported(x), want)
+        artifact.save_module(exported, tmp_path / "model.pt")
+        torch.testing.assert_close(artifact.load_module(tmp_path / "model.pt")(x), want)
+        assert tower(x).shape == (5, 6)  # the trained tower is left as it was
+    with pytest.raises(ValueError, match="readout = 'probabilities' needs loss"):
+        TrainConfig(loss="supcon", readout="probabilities")
+
+
 def _noise_folder(root: Path, classes: int, per_class: int, size: int = 28) -> Path:
     """Class folders of random-noise PNGs: real image files whose labels cannot be learnt."""
     from PIL import Image

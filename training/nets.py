@@ -49,9 +49,11 @@ class Tower(nn.Module):
         # mirror (flip_tta) and copies shifted diagonally by +-shift_tta px (reflect-padded).
         self.flip_tta = flip_tta
         self.shift_tta = shift_tta
-        # > 0: the head gives class scores and the embedding is sqrt(softmax(scores / T)), a unit
-        # vector whose distances are Hellinger distances between the class distributions (see
-        # training.train.readout_tower); 0: the head's output as it is.
+        # Class-probability readout (training.train.readout_tower): ``scores`` maps the
+        # (normalised) embedding to class scores, and with a temperature T > 0 the output is
+        # sqrt(softmax(scores / T)), a unit vector whose distances are Hellinger distances between
+        # the two images' class distributions. Identity and 0: the embedding as it is.
+        self.scores: nn.Module = nn.Identity()
         self.probability_temperature = probability_temperature
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,10 +80,11 @@ class Tower(nn.Module):
                 views.append(padded[..., 2 * s : 2 * s + h, 2 * s : 2 * s + w])
             z = self.embed(torch.cat(views))  # (views * N, D), one forward pass for all views
             z = z.view(-1, n, z.shape[1]).sum(0)  # (N, D)
-        if self.probability_temperature > 0:
-            z = torch.softmax(z / self.probability_temperature, dim=1).sqrt()
         if self.normalize:
             z = F.normalize(z, dim=1)
+        z = self.scores(z)
+        if self.probability_temperature > 0:
+            z = torch.softmax(z / self.probability_temperature, dim=1).sqrt()
         return z
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -37,7 +38,13 @@ from training.calibrate import balanced_pairs, calibrate, pair_distances, verifi
 from training.config import TrainConfig, parse_args
 from training.data import DataBundle, DataError, Split, augment, load_dataset
 from training.evaluate import compute_metrics, embed_all, subset_metrics
-from training.losses import CLASSIFIER_LOSSES, RAW_EMBEDDING_LOSSES, LossSpec, build_loss
+from training.losses import (
+    CLASSIFIER_LOSSES,
+    RAW_EMBEDDING_LOSSES,
+    LossSpec,
+    SmoothedSoftmaxLoss,
+    build_loss,
+)
 from training.nets import Tower, build_tower
 from training.reference_stats import embedding_stats
 
@@ -148,22 +155,31 @@ def build_model(
 
 
 def readout_tower(tower: Tower, loss: nn.Module, readout: str, temperature: float = 1.0) -> Tower:
-    """The tower to export. ``features``: as trained. ``logits``: the softmax classifier becomes
-    its head, so the embedding is the L2-normalised vector of class scores (summed over the TTA
-    views, as the head is linear). ``probabilities``: the same scores through a softmax at
+    """The tower to export. ``features``: as trained. ``logits`` (softmax loss): the classifier
+    becomes its head, so the embedding is the L2-normalised vector of class scores (summed over
+    the TTA views, as the head is linear). ``probabilities``: class scores through a softmax at
     ``temperature``, square-rooted: a unit vector whose distance is the Hellinger distance between
-    the two images' class distributions (times sqrt 2).
+    the two images' class distributions (times sqrt 2). The scores are the softmax classifier's
+    on the summed views, or for CosFace/ArcFace the cosines between the normalised embedding and
+    the normalised class weights the loss learnt.
 
-    Why the last: verification at a low false-accept rate is decided by the closest impostor
+    Why probabilities: verification at a low false-accept rate is decided by the closest impostor
     pairs, which for a class-score readout are confidently misclassified images. Normalising raw
     scores maps every confident image of a class to nearly one point, so an image confidently in
-    the wrong class lands on it; probabilities keep how unsure the tower was, so the impostors
-    that stay close are the ones the tower was sure of. Both know nothing beyond the training
-    classes: for unseen ones the features are the better readout."""
+    the wrong class lands on it; probabilities keep how unsure the tower was. Both class readouts
+    know nothing beyond the training classes: for unseen ones the features are the better one."""
     if readout == "features":
         return tower
     exported = copy.deepcopy(tower)
-    exported.head = copy.deepcopy(loss.loss.classifier)  # Linear(features, classes), no bias
+    inner = loss.loss
+    if isinstance(inner, SmoothedSoftmaxLoss):
+        exported.head = copy.deepcopy(inner.classifier)  # Linear(features, classes), no bias
+        if readout == "probabilities":
+            exported.normalize = False  # the softmax reads the raw scores
+    else:  # CosFace / ArcFace: W is (D, classes), compared by cosine
+        weights = F.normalize(inner.W.detach(), dim=0).T.contiguous()
+        exported.scores = nn.Linear(weights.shape[1], weights.shape[0], bias=False)
+        exported.scores.weight.data.copy_(weights)
     if readout == "probabilities":
         exported.probability_temperature = temperature
     return exported

@@ -598,3 +598,25 @@ def test_few_shot_identifies_enrolled_classes_and_rejects_the_others():
     assert strict["accepted_enrolled"] == 0.0  # too tight a threshold rejects everyone
     loose = few_shot(emb, labels, enrolled=[0, 1], k=1, threshold=10.0)
     assert loose["rejected_never_enrolled"] == 0.0  # too loose accepts strangers
+    # whatever the threshold given, the trade-off the embedding allows is the same, and here
+    # (strangers 3 away, probes within 0.2) it rejects every stranger
+    for got in (strict, loose):
+        assert got["threshold_accepting_90"] < 0.3 and got["rejected_at_90_accepted"] == 1.0
+
+
+def test_all_pairs_tar_is_the_roc_over_every_pair_at_the_false_accept_rate():
+    from sklearn.metrics import roc_curve
+
+    from training.evaluate import all_pairs_tar
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(40)  # 240 images, 6 classes
+    emb = torch.randn(6, 8, generator=g)[labels] + 0.8 * torch.randn(240, 8, generator=g)
+    i, j = torch.triu_indices(240, 240, 1)
+    d = (emb[i] - emb[j]).norm(dim=1).numpy()
+    fpr, tpr, _ = roc_curve((labels[i] == labels[j]).numpy(), -d)
+    for far in (1e-3, 1e-2, 0.1):
+        want = tpr[fpr <= far].max()
+        assert all_pairs_tar(emb, labels, far=far) == pytest.approx(want, abs=1e-12)
+    # a sample of the images when there are more than max_images
+    assert 0 < all_pairs_tar(emb, labels, far=1e-2, max_images=100) < 1

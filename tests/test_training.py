@@ -352,17 +352,22 @@ def test_airbench_recipe_trains_and_exports_the_lookahead_weights(tmp_path, caps
     assert e.value.code == 2 and "set embedding_dim = 16" in capsys.readouterr().err
 
 
-def test_logits_readout_exports_the_classifier_scores_as_the_embedding(capsys):
-    from training.train import readout_tower
-
+def _tiny_softmax_tower(flip_tta: bool) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """An airbench tower (eval mode) with a 3-class softmax loss, and five random images."""
     torch.manual_seed(0)
     tower = build_tower(
         "airbench", channels=1, height=12, width=12, embedding_dim=8, widths=[4, 8],
-        mean=[0.5], std=[0.25], normalize=True, flip_tta=False,
+        mean=[0.5], std=[0.25], normalize=True, flip_tta=flip_tta,
     )  # fmt: skip
     loss = build_loss(LossSpec("softmax", None, 1 / 9, 0.1, True, 0.2), 3, 8)
     x = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8)
-    tower.eval()
+    return tower.eval(), loss, x
+
+
+def test_logits_readout_exports_the_classifier_scores_as_the_embedding(capsys):
+    from training.train import readout_tower
+
+    tower, loss, x = _tiny_softmax_tower(flip_tta=False)
     exported = readout_tower(tower, loss, "logits").eval()
     with torch.no_grad():
         want = torch.nn.functional.normalize(loss.loss.classifier(tower.embed(x)), dim=1)
@@ -378,14 +383,8 @@ def test_probabilities_readout_is_the_root_of_the_tempered_softmax_of_all_views(
     from app import artifact
     from training.train import readout_tower
 
-    torch.manual_seed(0)
-    tower = build_tower(
-        "airbench", channels=1, height=12, width=12, embedding_dim=8, widths=[4, 8],
-        mean=[0.5], std=[0.25], normalize=True, flip_tta=True,
-    )  # fmt: skip
-    loss = build_loss(LossSpec("softmax", None, 1 / 9, 0.1, True, 0.2), 3, 8)
-    x = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8)
-    exported = readout_tower(tower.eval(), loss, "probabilities", temperature=0.5).eval()
+    tower, loss, x = _tiny_softmax_tower(flip_tta=True)
+    exported = readout_tower(tower, loss, "probabilities", temperature=0.5).eval()
     with torch.no_grad():
         scores = loss.loss.classifier(tower.embed(x)) + loss.loss.classifier(
             tower.embed(x.flip(-1))
@@ -396,9 +395,8 @@ def test_probabilities_readout_is_the_root_of_the_tempered_softmax_of_all_views(
         # the exported file computes the same (TorchScript keeps the temperature)
         artifact.save_module(exported, tmp_path / "model.pt")
         torch.testing.assert_close(artifact.load_module(tmp_path / "model.pt")(x), want)
-    torch.testing.assert_close(
-        want.norm(dim=1), torch.ones(5)
-    )  # unit vectors, as the service wants
+    # unit vectors, as the service wants
+    torch.testing.assert_close(want.norm(dim=1), torch.ones(5))
     with pytest.raises(ValueError, match="readout_temperature must be above 0"):
         TrainConfig(loss="softmax", readout="probabilities", readout_temperature=0)
 

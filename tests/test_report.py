@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from training.report import docs_page, main
@@ -23,3 +24,8 @@ def test_models_page_has_every_shipped_model_and_the_keras_seed(tmp_path):
             assert f"| {d.name} |" in text
     assert "| seed-fashion | fashion-mnist | seed-fashion: keras, contrastive |" in text
     assert "## Unseen classes" in text and "unseen acc / AUC" in text
+    # a card's readout and its all-pairs rate are shown (the fashion-mnist card records both)
+    card = json.loads((ROOT / "model_store" / "fashion-mnist" / "model.json").read_text())
+    rate = card["metrics"]["test"]["tar_at_far_1e-3_all_pairs"]
+    row = next(line for line in text.splitlines() if line.startswith("| fashion-mnist |"))
+    assert "probabilities T=0.1" in row and f"| {rate:.3f} |" in row

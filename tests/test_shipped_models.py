@@ -31,9 +31,6 @@ needs_data = pytest.mark.skipif(
     not all((DATA_DIR / d).is_dir() for d in ("MNIST/raw", "FashionMNIST/raw", "cifar10/test")),
     reason=f"real data sets not found at {DATA_DIR} (set IMGSIM_DATASETS)",
 )
-# Shipped models short of their targets, with the figures (a strict xfail: it fails the run the
-# day the target is met, so the entry must then go). None today.
-NOT_YET_MET: dict[str, str] = {}
 
 
 def test_make_serve_store_answers_verify_on_two_digits():
@@ -152,10 +149,8 @@ def test_card_metrics_are_what_evaluation_measures(name, evaluated):
 @needs_data
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evaluated, request):
+def test_shipped_model_meets_its_targets_on_the_test_folder(name, variant, evaluated):
     t = evaluated.get(name, variant)["test"]
-    if name in NOT_YET_MET:  # strict: passes (and so fails the run) the day the target is met
-        request.applymarker(pytest.mark.xfail(reason=NOT_YET_MET[name], strict=True))
     want = TARGETS[name]
     assert t["accuracy"] >= want["accuracy"], t
     assert t["roc_auc"] >= want["roc_auc"], t

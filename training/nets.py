@@ -34,7 +34,6 @@ class Tower(nn.Module):
         flip_tta: bool = False,
         shift_tta: int = 0,
         head: bool = True,
-        probability_temperature: float = 0.0,
     ) -> None:
         super().__init__()
         c = len(mean)
@@ -54,7 +53,7 @@ class Tower(nn.Module):
         # sqrt(softmax(scores / T)), a unit vector whose distances are Hellinger distances between
         # the two images' class distributions. Identity and 0: the embedding as it is.
         self.scores: nn.Module = nn.Identity()
-        self.probability_temperature = probability_temperature
+        self.probability_temperature = 0.0
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float (N, C, H, W), zero mean and unit variance per channel."""
